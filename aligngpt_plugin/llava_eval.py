@@ -1,0 +1,36 @@
+"""Run one of LLaVA's eval modules, unchanged, with its own command line, on this machine's device.
+
+    python -m aligngpt_plugin.llava_eval llava.eval.model_vqa_loader \
+        --model-path checkpoints/llava-v1.5-7b --question-file q.jsonl --image-folder images \
+        --answers-file answers.jsonl --temperature 0 --conv-mode vicuna_v1
+
+Same as `python -m llava.eval.model_vqa_loader ...`, after the plugin's checks and `patches/`
+(which, on machines without CUDA, let LLaVA's hard-coded `cuda` device become `cpu` or `mps`).
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+USAGE = "usage: python -m aligngpt_plugin.llava_eval llava.eval.<module> [that module's arguments]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or not argv[0].startswith("llava."):
+        raise SystemExit(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science")
+    from aligngpt_plugin.compat import prepare_llava
+
+    prepare_llava()
+    module, rest = argv[0], argv[1:]
+    saved = sys.argv
+    sys.argv = [module, *rest]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    main()
