@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run LLaVA's `train()` with `argv` (default: this process's command line)."""
     from aligngpt_plugin.compat import prepare_llava
 
+    from aligngpt_plugin.patches import rewrite_argv
+
     argv = sys.argv[1:] if argv is None else list(argv)
     prepare_llava()
+    argv = rewrite_argv(argv)
     attention = pick_attention()
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(f"[aligngpt] attention: {attention}", flush=True)

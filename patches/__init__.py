@@ -4,12 +4,13 @@ Installed as ``aligngpt_plugin.patches``. Every module here has the same shape:
 
 - its docstring says what breaks, on which versions, and the smallest change that fixes it;
 - ``needed()`` tells whether the installed stack shows the breakage;
-- ``apply()`` makes the change where needed and is a no-op otherwise, or when already applied.
+- ``apply()`` makes the change where needed and is a no-op otherwise, or when already applied;
+- a patch that renames command-line flags also has ``rewrite_argv(argv)``.
 
 ``apply_all()`` runs them once, in the order below (the first must come before ``llava.train`` is
 imported), and is what the plugin's entry points call. Nothing in ``llava``'s files is edited: the
-fixes replace attributes on the imported modules and classes, and each replacement is marked so that
-a second ``apply_all()`` changes nothing.
+fixes replace attributes on the imported modules and classes, and each is recorded on what it
+changed (``record``) so that a second ``apply_all()`` changes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "adapter_checkpoint_resume",
     "generate_cache_position",
     "eval_device",
+    "evaluation_strategy_flag",
 )
 
 REGISTRY = "__aligngpt_patches__"
@@ -67,6 +69,15 @@ def apply_all() -> dict[str, bool]:
         if name not in _applied:
             _applied[name] = bool(_module(name).apply())
     return dict(_applied)
+
+
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """Training arguments as the installed transformers expects them (for patches that rename flags)."""
+    for name in PATCH_MODULES:
+        rewrite = getattr(_module(name), "rewrite_argv", None)
+        if rewrite is not None:
+            argv = rewrite(argv)
+    return list(argv)
 
 
 def status() -> list[PatchStatus]:

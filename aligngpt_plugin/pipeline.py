@@ -1,0 +1,131 @@
+"""LLaVA-1.5's two training stages and its answer-file eval, as command lines, for the demo and tests.
+
+The arguments mirror LLaVA's `scripts/v1_5/pretrain.sh` and `finetune.sh` (METHOD.md section 5) with
+the sizes scaled down; `bf16`, `tf32` and DeepSpeed are left to GPU runs. Each stage runs in its own
+process, as with LLaVA's scripts: LLaVA's `train()` keeps module-level state (the conversation
+template, the rank) that must not leak from one stage into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aligngpt_plugin.fixtures import FixturePaths
+
+
+@dataclass
+class StageSettings:
+    """The knobs that differ between a CI-sized run and the demo."""
+
+    epochs: float = 1.0
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    save_steps: int = 4
+    save_total_limit: int = 2
+    max_steps: int = -1
+    logging_steps: int = 1
+    seed: int = 42
+
+
+def _common(fx: FixturePaths, out: Path, s: StageSettings) -> list[str]:
+    return [
+        "--model_name_or_path", str(fx.llm),
+        "--image_folder", str(fx.images),
+        "--vision_tower", str(fx.clip),
+        "--mm_projector_type", "mlp2x_gelu",
+        "--mm_vision_select_layer", "-2",
+        "--mm_use_im_start_end", "False",
+        "--mm_use_im_patch_token", "False",
+        "--output_dir", str(out),
+        "--num_train_epochs", str(s.epochs),
+        "--max_steps", str(s.max_steps),
+        "--per_device_train_batch_size", str(s.batch_size),
+        "--per_device_eval_batch_size", "4",
+        "--gradient_accumulation_steps", "1",
+        "--evaluation_strategy", "no",  # as LLaVA's scripts write it (renamed by patches/)
+        "--save_strategy", "steps",
+        "--save_steps", str(s.save_steps),
+        "--save_total_limit", str(s.save_total_limit),
+        "--learning_rate", str(s.learning_rate),
+        "--weight_decay", "0.",
+        "--warmup_ratio", "0.03",
+        "--lr_scheduler_type", "cosine",
+        "--logging_steps", str(s.logging_steps),
+        "--model_max_length", "2048",
+        "--gradient_checkpointing", "True",
+        "--dataloader_num_workers", "0",
+        "--lazy_preprocess", "True",
+        "--report_to", "none",
+        "--seed", str(s.seed),
+    ]
+
+
+def pretrain_args(fx: FixturePaths, out: Path, settings: StageSettings | None = None) -> list[str]:
+    """Stage 1 (LLaVA `pretrain.sh`): `plain` template, only the projector trains."""
+    s = settings or StageSettings()
+    return ["--version", "plain", "--data_path", str(fx.pretrain), "--tune_mm_mlp_adapter", "True",
+            *_common(fx, out, s)]
+
+
+def finetune_args(fx: FixturePaths, projector: Path, out: Path, settings: StageSettings | None = None) -> list[str]:
+    """Stage 2 (LLaVA `finetune.sh`): `v1` template, projector from stage 1, LLM and projector train."""
+    s = settings or StageSettings(learning_rate=2e-5)
+    return ["--version", "v1", "--data_path", str(fx.finetune), "--pretrain_mm_mlp_adapter", str(projector),
+            "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s)]
+
+
+def run_module(module: str, args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` in a fresh process; raises with the output's tail when it fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"python -m {module} failed (exit {proc.returncode}):\n{tail}")
+    return proc
+
+
+def train(args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:
+    return run_module("aligngpt_plugin.train", args, log)
+
+
+def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path | None = None,
+                     max_new_tokens: int = 8) -> Path:
+    """LLaVA's `model_vqa_loader` on the fixture questions, greedy, as LLaVA's eval scripts run it."""
+    run_module("aligngpt_plugin.llava_eval", [
+        "llava.eval.model_vqa_loader",
+        "--model-path", str(model),
+        "--question-file", str(fx.questions),
+        "--image-folder", str(fx.images),
+        "--answers-file", str(answers),
+        "--temperature", "0",
+        "--conv-mode", "vicuna_v1",
+        "--max_new_tokens", str(max_new_tokens),
+    ], log)
+    return answers
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def answer_accuracy(answers: Path, questions: Path) -> float:
+    """Share of answers that contain the expected word (the fixture questions carry an `answer`)."""
+    truth = {q["question_id"]: q["answer"].lower() for q in read_jsonl(questions)}
+    got = {a["question_id"]: a["text"].lower() for a in read_jsonl(answers)}
+    if set(got) != set(truth):
+        raise ValueError(f"{answers} answers {len(got)} questions, {questions} has {len(truth)}")
+    return sum(truth[q] in got[q] for q in truth) / len(truth)
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    """The training losses the HF Trainer logged in `trainer_state.json`."""
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return [row["loss"] for row in state["log_history"] if "loss" in row]
