@@ -42,10 +42,14 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
-def check_stack() -> None:
-    """Raise UnsupportedStackError with the fix when llava or transformers is missing or unfit."""
+def transformers_version() -> Version:
     import transformers
 
+    return Version(transformers.__version__)
+
+
+def check_stack() -> None:
+    """Raise UnsupportedStackError with the fix when llava or transformers is missing or unfit."""
     llava = installed_version(LLAVA_DIST)
     if llava is None:
         raise UnsupportedStackError(f"the `llava` package is not installed. Install it with: {INSTALL_HINT}")
@@ -55,7 +59,7 @@ def check_stack() -> None:
             f"{LLAVA_VERSION}. Install that with: {INSTALL_HINT}",
             stacklevel=2,
         )
-    version = Version(transformers.__version__)
+    version = transformers_version()
     if version.major >= 5 and os.environ.get(ALLOW_TRANSFORMERS_5) != "1":
         raise UnsupportedStackError(TRANSFORMERS_5_REFUSAL.format(version=version))
     if version < Version("4.37"):

@@ -40,7 +40,6 @@ def pick_attention() -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run LLaVA's `train()` with `argv` (default: this process's command line)."""
     from aligngpt_plugin.compat import prepare_llava
-
     from aligngpt_plugin.patches import rewrite_argv
 
     argv = sys.argv[1:] if argv is None else list(argv)

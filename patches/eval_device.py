@@ -14,7 +14,6 @@ import importlib.abc
 import importlib.machinery
 import sys
 
-
 NAME = "eval_device"
 TARGETS = (
     "llava.eval.model_vqa_loader",

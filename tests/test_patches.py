@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llava_checks
 import pytest
 
-import llava_checks
 from aligngpt_plugin import patches
 
 HERE = Path(__file__).resolve().parent

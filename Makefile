@@ -1,0 +1,36 @@
+# Two commands a newcomer needs:   make demo   (the main job on the built-in tiny default)
+#                                  make test   (the test suite)
+# Each creates .venv if missing and installs the tested set (constraints.txt) first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.aligngpt-installed
+LLAVA  := llava-torch==1.2.2.post1
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 are pinned in constraints.txt, so pip never pulls another torch.
+# llava-torch goes in with --no-deps: its metadata pins 2024 releases that cannot install today;
+# pyproject.toml declares what it really needs.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps -c constraints.txt $(LLAVA)
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m aligngpt_plugin.demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,94 @@
+"""The tiny offline fixtures load through the same code paths as the real hub checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from aligngpt_plugin.fixtures import COLOURS, FixtureSpec
+
+
+def test_llm_and_tokenizer_load_as_vicuna_does(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny.llm, use_fast=False)
+    assert isinstance(tok, LlamaTokenizer) and tok.legacy is False
+    assert tok("Hello world").input_ids == [1, 15043, 3186]  # Llama-2's ids
+    model = AutoModelForCausalLM.from_pretrained(tiny.llm)
+    assert model.config.vocab_size == 32000 and model.config.model_type == "llama"
+
+
+def test_clip_tower_loads_through_llava_and_selects_layer_minus_2(tiny, llava_ready):
+    from types import SimpleNamespace
+
+    from llava.model.multimodal_encoder.builder import build_vision_tower
+
+    cfg = SimpleNamespace(mm_vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    tower = build_vision_tower(cfg)
+    image = Image.open(tiny.images / json.loads(tiny.pretrain.read_text())[0]["image"]).convert("RGB")
+    pixels = tower.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 336, 336)
+    features = tower(pixels)
+    assert features.shape == (1, 576, 32)  # 24 x 24 patches, CLS dropped
+    full = tower.vision_tower(pixels, output_hidden_states=True).hidden_states
+    assert torch.equal(features, full[-2][:, 1:])
+
+
+def test_dataset_files_are_in_llava_layout(tiny):
+    pretrain = json.loads(tiny.pretrain.read_text())
+    assert all(len(r["conversations"]) == 2 and "<image>" in r["conversations"][0]["value"] for r in pretrain)
+    finetune = json.loads(tiny.finetune.read_text())
+    assert any("image" not in r for r in finetune), "text-only records are part of the mix"
+    for r in finetune:
+        roles = [t["from"] for t in r["conversations"]]
+        assert roles == ["human", "gpt"] * (len(roles) // 2)
+    questions = [json.loads(line) for line in tiny.questions.read_text().splitlines()]
+    assert {"question_id", "image", "text"} <= set(questions[0])
+    for r in pretrain + [r for r in finetune if "image" in r] + questions:
+        assert (tiny.images / r["image"]).is_file()
+
+
+def test_captions_are_true_of_their_pictures(tiny):
+    meta = json.loads((tiny.root / "data" / "pictures.json").read_text())
+    for name, pic in list(meta.items())[:10]:
+        image = Image.open(tiny.images / name).convert("RGB")
+        x0, y0, x1, y1 = pic["box"]
+        centre = image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2 + (y1 - y0) // 6))
+        assert max(abs(a - b) for a, b in zip(centre, COLOURS[pic["colour"]])) < 40, (name, centre)
+        assert pic["colour"] in pic_caption(pic)
+
+
+def pic_caption(pic: dict) -> str:
+    return f"A {pic['colour']} {pic['shape']} in the {pic['place']} of the picture."
+
+
+def test_same_seed_same_fixtures(tmp_path):
+    from aligngpt_plugin.fixtures import write_dataset
+
+    spec = FixtureSpec(n_pretrain=4, n_finetune=6, n_questions=2)
+    a = write_dataset(tmp_path / "a", spec)
+    b = write_dataset(tmp_path / "b", spec)
+    for pa, pb in zip(a, b):
+        assert pa.read_text() == pb.read_text()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"vision_layers": 1}, "layer -2"),
+    ({"image_size": 300}, "multiple of patch_size"),
+    ({"hidden_size": 30}, "divisible"),
+])
+def test_bad_fixture_spec_is_refused(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        FixtureSpec(**kwargs)
+
+
+def test_cli_writes_everything(tmp_path):
+    from aligngpt_plugin.fixtures import main
+
+    paths = main([str(tmp_path), "--n-pretrain", "3", "--n-finetune", "6", "--n-questions", "2",
+                  "--hidden-size", "32", "--image-size", "112"])
+    assert (paths.llm / "tokenizer.model").is_file() and (paths.clip / "preprocessor_config.json").is_file()
+    assert len(json.loads(paths.pretrain.read_text())) == 3
