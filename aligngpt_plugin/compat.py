@@ -22,12 +22,12 @@ INSTALL_HINT = (
 )
 
 TRANSFORMERS_5_REFUSAL = (
-    "transformers {version} is installed, but LLaVA's preprocessing gives different token ids and "
-    "label masks under transformers 5.x than under 4.37.2, LLaVA's reference, and prints no warning: "
-    "the training targets change silently (an extra '▁' around <image> chunks, a kept '\\n', a trailing "
-    "'\\n' label in `plain`, the `v1` label mask shifted by one). tests/test_golden_tokenization.py "
-    "shows it. Install the tested release: pip install 'transformers>=4.57,<5'. To run anyway, at your "
-    f"own risk, set {ALLOW_TRANSFORMERS_5}=1."
+    "transformers {version} is installed; the plugin runs LLaVA on transformers 4.57 (tested token for "
+    "token against LLaVA's reference 4.37.2). Under 5.x: other tokenizers than Llama-2's were seen to give "
+    "silently different training targets (no 'tokenization mismatch' warning); 5.0 crashes in LLaVA's "
+    "preprocess_v1 (no tokenizer.legacy); 5.23 rejects flags of LLaVA's own scripts (--warmup_ratio). "
+    "Install the tested release: pip install 'transformers>=4.57,<5'. To run anyway, at your own risk, "
+    f"set {ALLOW_TRANSFORMERS_5}=1."
 )
 
 
