@@ -1,0 +1,168 @@
+"""AlignGPT's alignment levels and gate, in plain torch (METHOD.md section 2). Knows nothing of LLaVA.
+
+- Pre-training: the alignment token of a sample is the embedding of its CLIP level, `E[level]`.
+- Instruction tuning: a gate reads the image tokens against the mean text embedding and gives softmax
+  weights `w` over the "local" levels 0..N-2; the token is `w @ E[0:N-1] + E[N-1]` (`E[N-1]`, the
+  highest level, is the "global" part). Ablations replace that combination (`AlignmentConfig.mode`).
+
+The gate of the public code reads exactly 576 image tokens (one 336 px image, 14 px patches): that is
+`gate_input="fixed"` with `gate_tokens=576`. `gate_input="pooled"` averages the scores down to
+`gate_tokens` for any number of image tokens (LLaVA-1.6 any-resolution images, other vision towers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Mode = Literal["adaptive", "local", "global", "no_gate", "fixed_level"]
+MODES: tuple[str, ...] = ("adaptive", "local", "global", "no_gate", "fixed_level")
+GATE_INPUTS: tuple[str, ...] = ("fixed", "pooled")
+GATE_TEXTS: tuple[str, ...] = ("all", "prompt")
+
+
+@dataclass
+class AlignmentConfig:
+    """Everything about the alignment levels; saved in the model config as `alignment`."""
+
+    num_levels: int = field(default=8, metadata={"help": "N, the number of CLIP-similarity levels (>= 2)"})
+    gate_hidden_size: int = field(default=256, metadata={"help": "width of the gate's hidden layer"})
+    gate_tokens: int = field(default=576, metadata={"help": "image-token scores the gate reads (public: 576)"})
+    gate_input: Literal["fixed", "pooled"] = field(default="fixed", metadata={
+        "help": "fixed: exactly gate_tokens image tokens, as the public code; pooled: any number, "
+                "averaged down to gate_tokens"})
+    gate_text: Literal["all", "prompt"] = field(default="all", metadata={
+        "help": "text the gate averages: all (public code: the answer too while training) or prompt "
+                "(the same text in training as at inference)"})
+    mode: Mode = field(default="adaptive", metadata={
+        "help": "adaptive (gate), local (weighted levels only), global (top level only), no_gate "
+                "(mean of levels 0..N-2 plus the top level), fixed_level (level fixed_level)"})
+    fixed_level: int | None = field(default=None, metadata={"help": "the level used when mode is fixed_level"})
+
+    def __post_init__(self) -> None:
+        if self.num_levels < 2:
+            raise ValueError(f"num_levels={self.num_levels}: AlignGPT needs at least 2 levels (local and global)")
+        for name, value, choices in (("mode", self.mode, MODES), ("gate_input", self.gate_input, GATE_INPUTS),
+                                     ("gate_text", self.gate_text, GATE_TEXTS)):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r}; choose one of {', '.join(choices)}")
+        if self.gate_tokens < 1 or self.gate_hidden_size < 1:
+            raise ValueError(f"gate_tokens={self.gate_tokens}, gate_hidden_size={self.gate_hidden_size}: must be >= 1")
+        if self.mode == "fixed_level":
+            if self.fixed_level is None or not 0 <= self.fixed_level < self.num_levels:
+                raise ValueError(f"mode='fixed_level' needs fixed_level in 0..{self.num_levels - 1}, "
+                                 f"got {self.fixed_level}")
+        elif self.fixed_level is not None:
+            raise ValueError(f"fixed_level={self.fixed_level} is only used with mode='fixed_level', not {self.mode!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AlignmentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown alignment settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class AlignmentOutput:
+    """token: [batch, hidden], the alignment token of each sample;
+    gate_weights: [batch, N-1], softmax weights over the local levels (None where no gate ran)."""
+
+    token: torch.Tensor
+    gate_weights: torch.Tensor | None = None
+
+
+def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the sequence of `embeds` [B, L, H] where `mask` [B, L] is true; zeros for empty rows."""
+    mask = mask.to(embeds.dtype).unsqueeze(-1)
+    return (embeds * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class AlignmentModule(nn.Module):
+    """The level embedding table `E` [N, hidden] and the gate over the N-1 local levels."""
+
+    def __init__(self, config: AlignmentConfig, hidden_size: int):
+        super().__init__()
+        self.config = config
+        n = config.num_levels
+        self.level_embeddings = nn.Parameter(torch.empty(n, hidden_size))
+        self.gate = nn.Sequential(
+            nn.Linear(config.gate_tokens, config.gate_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.gate_hidden_size, n - 1),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.level_embeddings)
+        for layer in (self.gate[0], self.gate[2]):
+            layer.reset_parameters()
+
+    @property
+    def num_levels(self) -> int:
+        return self.config.num_levels
+
+    def level_token(self, levels: torch.Tensor) -> torch.Tensor:
+        """Pre-training: `E[level]` for each sample; `levels` [B] integers in 0..N-1."""
+        levels = levels.to(self.level_embeddings.device).long()
+        bad = (levels < 0) | (levels >= self.num_levels)
+        if bad.any():
+            raise ValueError(f"alignment levels {levels[bad].tolist()} are outside 0..{self.num_levels - 1}")
+        return self.level_embeddings[levels]
+
+    def gate_scores(self, image_tokens: torch.Tensor, text_mean: torch.Tensor) -> torch.Tensor:
+        """d_i = <image_token_i, t>: [B, T] from image tokens [B, T, H] and text means [B, H]."""
+        scores = torch.einsum("bth,bh->bt", image_tokens, text_mean.to(image_tokens.dtype))
+        n = self.config.gate_tokens
+        if scores.shape[1] != n:
+            if self.config.gate_input == "fixed":
+                raise ValueError(
+                    f"the gate reads {n} image tokens (gate_input='fixed', the public AlignGPT form) but got "
+                    f"{scores.shape[1]}; use gate_input='pooled' for other resolutions or vision towers")
+            scores = F.adaptive_avg_pool1d(scores.unsqueeze(1).float(), n).squeeze(1).to(scores.dtype)
+        return scores
+
+    def gate_weights(self, image_tokens: torch.Tensor, text_mean: torch.Tensor) -> torch.Tensor:
+        """Softmax weights [B, N-1] over the local levels."""
+        scores = self.gate_scores(image_tokens, text_mean).to(self.gate[0].weight.dtype)
+        return torch.softmax(self.gate(scores).float(), dim=-1).to(scores.dtype)
+
+    def combine(self, weights: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Instruction tuning: the token [B, H] from gate weights, in the configured mode."""
+        e = self.level_embeddings
+        local, top = e[:-1], e[-1]
+        mode = self.config.mode
+        if mode == "fixed_level":
+            return e[self.config.fixed_level].expand(batch, -1)
+        if mode == "global":
+            return top.expand(batch, -1)
+        if mode == "no_gate":
+            return (local.mean(0) + top).expand(batch, -1)
+        weighted = weights.to(e.dtype) @ local
+        return weighted if mode == "local" else weighted + top
+
+    def forward(
+        self,
+        levels: torch.Tensor | None = None,
+        image_tokens: torch.Tensor | None = None,
+        text_mean: torch.Tensor | None = None,
+    ) -> AlignmentOutput:
+        """With `levels`: the pre-training token. Otherwise the instruction-tuning token from
+        `image_tokens` [B, T, H] and `text_mean` [B, H] (the gate runs only in modes that use it)."""
+        if levels is not None:
+            return AlignmentOutput(self.level_token(levels))
+        if self.config.mode in ("adaptive", "local"):
+            if image_tokens is None or text_mean is None:
+                raise ValueError(f"mode={self.config.mode!r} needs image_tokens and text_mean for the gate")
+            weights = self.gate_weights(image_tokens, text_mean)
+            return AlignmentOutput(self.combine(weights, weights.shape[0]), weights)
+        batch = image_tokens.shape[0] if image_tokens is not None else text_mean.shape[0]
+        return AlignmentOutput(self.combine(None, batch))
