@@ -1,0 +1,247 @@
+"""AlignGPT as a LLaVA architecture: LLaVA-Llama plus one alignment token right after BOS.
+
+`AlignGPTConfig` (model_type `aligngpt_llava`) and `AlignGPTLlamaForCausalLM` subclass LLaVA's Llama
+classes and are registered with AutoConfig / AutoModelForCausalLM, so `from_pretrained` on a saved
+checkpoint gives the model back without `trust_remote_code`. The levels and the gate live in
+`aligngpt_plugin.alignment` (plain torch); this file only places their token in LLaVA's sequence:
+
+- LLaVA builds the multimodal embeddings (`prepare_inputs_labels_for_multimodal`, unchanged);
+- every sample with an image gets one token at BOS + 1 (label IGNORE_INDEX, attention 1); samples
+  without an image get none, so a batch grows by one column, filled with padding on the padding side;
+- position ids follow the attention mask, as LLaVA computes them;
+- LLaVA truncates to `tokenizer_model_max_length - 1`, so the token always fits.
+
+Stage (METHOD.md section 2) comes from LLaVA's own config flag: with `tune_mm_mlp_adapter` the token is
+`E[level]` of each sample (pre-training), otherwise the gate's combination (instruction tuning and
+inference; `generate` runs the gate on the prompt at prefill and reuses the KV cache after).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, masked_mean
+
+MODEL_TYPE = "aligngpt_llava"
+
+
+class AlignGPTConfig(LlavaConfig):
+    """LLaVA-Llama's config plus `alignment`, the AlignmentConfig as a dict (validated on load)."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, alignment: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.alignment = AlignmentConfig.from_dict(alignment or {}).to_dict()
+
+    @property
+    def alignment_config(self) -> AlignmentConfig:
+        return AlignmentConfig.from_dict(self.alignment)
+
+
+class AlignGPTLlamaModel(LlavaLlamaModel):
+    """LLaVA's inner model with the alignment module beside the projector."""
+
+    config_class = AlignGPTConfig
+
+    def __init__(self, config: AlignGPTConfig):
+        super().__init__(config)
+        self.alignment = AlignmentModule(config.alignment_config, config.hidden_size)
+
+    def _init_weights(self, module):
+        # from_pretrained on a plain Llama checkpoint initialises missing weights through the inner
+        # model's _init_weights; the alignment module has its own init (Xavier-uniform levels)
+        if isinstance(module, AlignmentModule):
+            module.reset_parameters()
+        else:
+            LlavaLlamaModel._init_weights(self, module)
+
+
+@dataclass
+class AlignGPTOutput(CausalLMOutputWithPast):
+    """CausalLMOutputWithPast plus `gate_weights` [batch, N-1] (None in pre-training or without images)."""
+
+    gate_weights: torch.FloatTensor | None = None
+
+
+@contextmanager
+def _room_for_one_token(config):
+    """LLaVA truncates to `tokenizer_model_max_length`; keep one position free for the alignment token."""
+    limit = getattr(config, "tokenizer_model_max_length", None)
+    if limit is None:
+        yield
+        return
+    config.tokenizer_model_max_length = limit - 1
+    try:
+        yield
+    finally:
+        config.tokenizer_model_max_length = limit
+
+
+class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
+    config_class = AlignGPTConfig
+
+    def __init__(self, config: AlignGPTConfig):
+        super(LlamaForCausalLM, self).__init__(config)  # as LLaVA: skip LlamaForCausalLM's own model
+        self.model = AlignGPTLlamaModel(config)
+        self.pretraining_tp = config.pretraining_tp
+        self.vocab_size = config.vocab_size
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._captured_image_features = None
+        self._gate_weights = self.last_gate_weights = None
+        self.post_init()
+
+    @property
+    def alignment(self) -> AlignmentModule:
+        return self.get_model().alignment
+
+    @property
+    def stage(self) -> str:
+        """'pretrain' when LLaVA trains only the projector (`--tune_mm_mlp_adapter True`), else 'finetune'."""
+        return "pretrain" if getattr(self.config, "tune_mm_mlp_adapter", False) else "finetune"
+
+    def _init_weights(self, module):
+        if isinstance(module, AlignmentModule):
+            module.reset_parameters()
+        else:
+            super()._init_weights(module)
+
+    # LLaVA encodes the images inside prepare_inputs_labels_for_multimodal; the gate needs the same
+    # projected image tokens, so they are kept here for the one call that follows instead of encoding twice.
+    def encode_images(self, images):
+        features = super().encode_images(images)
+        self._captured_image_features = features
+        return features
+
+    def gate_text_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       labels: torch.Tensor | None) -> torch.Tensor:
+        """Text tokens the gate averages: not image, not padding, not the first (BOS) token; with
+        gate_text='prompt' also not answer tokens (labels other than IGNORE_INDEX)."""
+        mask = input_ids != IMAGE_TOKEN_INDEX
+        if attention_mask is not None:
+            mask &= attention_mask.bool()
+        first = mask.float().argmax(dim=1)  # BOS: the first real token, whatever the padding side
+        mask[torch.arange(mask.shape[0], device=mask.device), first] = False
+        if labels is not None and self.alignment.config.gate_text == "prompt":
+            mask &= labels == IGNORE_INDEX
+        return mask
+
+    def alignment_tokens(self, input_ids, attention_mask, labels, image_features, align_levels):
+        """The AlignmentOutput for the samples that carry an image, in batch order."""
+        has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
+        if self.stage == "pretrain":
+            if align_levels is None:
+                raise ValueError(
+                    "pre-training an AlignGPT model needs the alignment level of every sample: give the "
+                    "records an `align_level` (or the public data's `similarity`) field; see aligngpt-score")
+            return self.alignment(levels=align_levels[has_image])
+        embed = self.get_model().embed_tokens
+        safe_ids = input_ids.clamp(min=0)  # IMAGE_TOKEN_INDEX (-200) is masked out of the mean anyway
+        text = masked_mean(embed(safe_ids), self.gate_text_mask(input_ids, attention_mask, labels))
+        if isinstance(image_features, (list, tuple)) or image_features.shape[0] != input_ids.shape[0]:
+            raise ValueError("the gate expects one image per sample; batches of image lists are not supported yet")
+        return self.alignment(image_tokens=image_features[has_image], text_mean=text[has_image])
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
+                                             labels, images, image_sizes=None, align_levels=None):
+        if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
+            self._gate_weights = None
+            return super().prepare_inputs_labels_for_multimodal(
+                input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
+        self._captured_image_features = None
+        with _room_for_one_token(self.config):
+            (_, position_ids_out, attention_out, past_key_values, embeds, labels_out) = \
+                super().prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
+        features, self._captured_image_features = self._captured_image_features, None
+        has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
+        if not has_image.any():
+            self._gate_weights = None
+            return None, position_ids_out, attention_out, past_key_values, embeds, labels_out
+        out = self.alignment_tokens(input_ids, attention_mask, labels, features, align_levels)
+        self._gate_weights = self.last_gate_weights = out.gate_weights
+        embeds, attention, labels_new, positions = insert_after_bos(
+            embeds, attention_out, labels_out, out.token.to(embeds.dtype), has_image,
+            left_padded=getattr(self.config, "tokenizer_padding_side", "right") == "left")
+        if attention_out is not None:
+            attention_out = attention.to(attention_out.dtype)
+        if position_ids_out is not None:
+            position_ids_out = positions
+        return None, position_ids_out, attention_out, past_key_values, embeds, labels_new
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, images=None, image_sizes=None, return_dict=None,
+                align_levels=None, cache_position=None, **kwargs):
+        self._gate_weights = None
+        if inputs_embeds is None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
+                self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
+                                                          past_key_values, labels, images, image_sizes,
+                                                          align_levels=align_levels)
+        out = LlamaForCausalLM.forward(
+            self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            **kwargs)
+        return AlignGPTOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
+                              hidden_states=out.hidden_states, attentions=out.attentions,
+                              gate_weights=self._gate_weights)
+
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        self.last_gate_weights = None  # set by the prefill's gate, kept for analysis after generate
+        return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+
+
+def insert_after_bos(embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+                     tokens: torch.Tensor, has_token: torch.Tensor, left_padded: bool):
+    """Insert `tokens[k]` right after the first real position of the k-th sample flagged in `has_token`.
+
+    embeds [B, L, H], attention_mask [B, L] (None: no padding), labels [B, L] or None, tokens [K, H] with
+    K = has_token.sum(). Returns embeds [B, L+1, H], attention [B, L+1] (bool), labels [B, L+1] or None
+    (the token's label is IGNORE_INDEX) and position ids [B, L+1] that count real positions from 0.
+    Samples without a token get one extra padding position on their padding side.
+    """
+    b, length, _ = embeds.shape
+    device = embeds.device
+    valid = torch.ones(b, length, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    start = valid.float().argmax(dim=1, keepdim=True)  # first real position (BOS)
+    j = torch.arange(length + 1, device=device).expand(b, -1)
+    flag = has_token.to(device).unsqueeze(1)
+    none = torch.full_like(j, -1)  # source index of a padding position
+    # With a token, both padding sides read the same way: up to BOS unchanged, the token, then the rest
+    # one column later (left-padded content keeps its end at the last column, which is now one further).
+    is_token = flag & (j == start + 1)
+    with_token = torch.where(j <= start, j, j - 1)
+    if left_padded:  # no token: one more padding column in front
+        without = torch.where(j >= 1, j - 1, none)
+    else:  # no token: one more padding column at the end
+        without = torch.where(j < length, j, none)
+    src = torch.where(is_token, none, torch.where(flag, with_token, without))
+    in_range = src >= 0
+    gather = src.clamp(min=0, max=length - 1)
+    new_valid = torch.gather(valid, 1, gather) & in_range | is_token
+
+    new_embeds = torch.gather(embeds, 1, gather.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    new_embeds = torch.where(in_range.unsqueeze(-1), new_embeds, torch.zeros_like(new_embeds))
+    token_rows = torch.zeros_like(new_embeds)
+    token_rows[is_token] = tokens
+    new_embeds = torch.where(is_token.unsqueeze(-1), token_rows, new_embeds)
+
+    new_labels = None
+    if labels is not None:
+        new_labels = torch.gather(labels, 1, gather)
+        new_labels = torch.where(in_range & ~is_token, new_labels, torch.full_like(new_labels, IGNORE_INDEX))
+    positions = ((new_valid.long().cumsum(1) - 1).clamp(min=0)) * new_valid.long()
+    return new_embeds, new_valid, new_labels, positions
+
+
+AutoConfig.register(MODEL_TYPE, AlignGPTConfig)
+AutoModelForCausalLM.register(AlignGPTConfig, AlignGPTLlamaForCausalLM)

@@ -1,0 +1,201 @@
+"""The AlignGPT architecture: where the alignment token goes, stages, gate output, generate, save/load."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from PIL import Image
+
+import aligngpt_plugin.compat  # noqa: F401  (patches first)
+
+pytestmark = pytest.mark.usefixtures("llava_ready")
+
+
+def build(tiny, stage="finetune", padding="right", **alignment):
+    from transformers import AutoConfig
+
+    from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
+
+    base = AutoConfig.from_pretrained(tiny.llm).to_dict()
+    base.pop("model_type", None)
+    config = AlignGPTConfig(alignment=alignment, **base)
+    torch.manual_seed(0)
+    model = AlignGPTLlamaForCausalLM.from_pretrained(tiny.llm, config=config)
+    model.get_model().initialize_vision_modules(SimpleNamespace(
+        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model.config.tune_mm_mlp_adapter = stage == "pretrain"
+    model.config.tokenizer_padding_side = padding
+    return model
+
+
+def batch(tiny, padding="right"):
+    """Two samples: [BOS, <image>, 5 text] with labels on the last 3, and a text-only [BOS, 3 text]."""
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
+    image = Image.open(next(tiny.images.glob("*.jpg"))).convert("RGB")
+    pixels = processor.preprocess(image, return_tensors="pt")["pixel_values"]
+    a = [1, IMAGE_TOKEN_INDEX, 319, 2654, 8607, 297, 13]
+    b = [1, 1724, 338, 29871]
+    pad = 0
+    if padding == "right":
+        ids = torch.tensor([a, b + [pad] * 3])
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3]).bool()
+    else:
+        ids = torch.tensor([a, [pad] * 3 + b])
+        mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4]).bool()
+    labels = ids.clone()
+    labels[0, :4] = IGNORE_INDEX
+    labels[~mask] = IGNORE_INDEX
+    labels[1, mask[1]] = torch.tensor([IGNORE_INDEX, 1724, 338, 29871])
+    images = torch.cat([pixels, torch.zeros_like(pixels)])  # LLaVA's collator gives text-only samples zeros
+    return ids, mask, labels, images
+
+
+def llava_prepare(model, ids, mask, labels, images):
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+
+    return LlavaLlamaForCausalLM.prepare_inputs_labels_for_multimodal(
+        model, ids, None, mask, None, labels, images)
+
+
+# --- insert_after_bos on constructed tensors -------------------------------------------------------
+
+@pytest.mark.parametrize("left", [False, True])
+def test_insert_after_bos_places_token_and_pads(left):
+    from aligngpt_plugin.model import insert_after_bos
+
+    emb = torch.arange(1, 9, dtype=torch.float).view(2, 4, 1)  # sample 0: 1..4, sample 1: 5..8
+    if left:
+        mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]).bool()
+    else:
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool()
+    emb = emb * mask.unsqueeze(-1)
+    labels = torch.where(mask, emb.squeeze(-1).long(), IGNORE_INDEX)
+    token = torch.tensor([[100.0], [200.0]])
+    out, att, lab, pos = insert_after_bos(emb, mask, labels, token, torch.tensor([True, True]), left_padded=left)
+    assert out[0].squeeze(-1).tolist() == [1, 100, 2, 3, 4]
+    assert att[0].tolist() == [True] * 5 and pos[0].tolist() == [0, 1, 2, 3, 4]
+    assert lab[0].tolist() == [1, IGNORE_INDEX, 2, 3, 4]
+    if left:
+        assert out[1].squeeze(-1).tolist() == [0, 0, 7, 200, 8]
+        assert att[1].tolist() == [False, False, True, True, True] and pos[1].tolist() == [0, 0, 0, 1, 2]
+    else:
+        assert out[1].squeeze(-1).tolist() == [5, 200, 6, 0, 0]
+        assert att[1].tolist() == [True, True, True, False, False] and pos[1].tolist() == [0, 1, 2, 0, 0]
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_insert_after_bos_pads_samples_without_token(left):
+    from aligngpt_plugin.model import insert_after_bos
+
+    emb = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    out, att, lab, _ = insert_after_bos(emb, mask, None, torch.tensor([[9.0]]), torch.tensor([True, False]),
+                                        left_padded=left)
+    assert out[0].squeeze(-1).tolist() == [1, 9, 2, 3]
+    expected = [0, 4, 5, 6] if left else [4, 5, 6, 0]
+    assert out[1].squeeze(-1).tolist() == expected and lab is None
+    assert att[1].tolist() == ([False, True, True, True] if left else [True, True, True, False])
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_token_sits_after_bos_and_the_rest_is_llava(tiny, padding):
+    model = build(tiny, padding=padding).eval()
+    ids, mask, labels, images = batch(tiny, padding)
+    _, ref_pos, ref_mask, _, ref_emb, ref_lab = llava_prepare(model, ids, mask, labels, images)
+    _, pos, new_mask, _, emb, lab = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)
+    assert emb.shape[1] == ref_emb.shape[1] + 1
+    token = model._gate_weights @ model.alignment.level_embeddings[:-1] + model.alignment.level_embeddings[-1]
+    s = 0  # sample 0 is the longest: it starts at column 0 on both padding sides
+    assert torch.allclose(emb[0, s + 1], token[0])
+    assert torch.equal(emb[0, s], ref_emb[0, s]) and torch.equal(emb[0, s + 2:], ref_emb[0, s + 1:])
+    assert lab[0, s + 1] == IGNORE_INDEX and torch.equal(lab[0, s + 2:], ref_lab[0, s + 1:])
+    assert new_mask[0].all() and int(new_mask[1].sum()) == int(ref_mask[1].sum())  # no token without image
+    n1 = int(mask[1].sum())
+    rows = slice(-n1, None) if padding == "left" else slice(0, n1)
+    ref_rows = slice(-n1, None) if padding == "left" else slice(0, n1)
+    assert torch.equal(emb[1, rows], ref_emb[1, ref_rows])
+    assert pos is None or pos[0].tolist() == list(range(emb.shape[1]))
+
+
+def test_pretraining_needs_levels_and_uses_them(tiny):
+    model = build(tiny, stage="pretrain")
+    ids, mask, labels, images = batch(tiny)
+    with pytest.raises(ValueError, match="align_level"):
+        model(input_ids=ids, attention_mask=mask, labels=labels, images=images)
+    _, _, _, _, emb, _ = model.prepare_inputs_labels_for_multimodal(
+        ids, None, mask, None, labels, images, align_levels=torch.tensor([5, 2]))
+    assert torch.equal(emb[0, 1], model.alignment.level_embeddings[5])
+
+
+def test_pretraining_gradient_reaches_the_level_and_projector_only(tiny):
+    model = build(tiny, stage="pretrain").train()
+    model.requires_grad_(False)
+    model.get_model().mm_projector.requires_grad_(True)
+    model.alignment.level_embeddings.requires_grad_(True)
+    ids, mask, labels, images = batch(tiny)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images, align_levels=torch.tensor([3, 0]))
+    out.loss.backward()
+    grad = model.alignment.level_embeddings.grad
+    assert grad[3].abs().sum() > 0 and grad[[0, 1, 2, 4, 5, 6, 7]].abs().sum() == 0  # sample 1 has no image
+    assert all(p.grad is not None for p in model.get_model().mm_projector.parameters())
+    assert out.gate_weights is None
+
+
+def test_finetuning_output_carries_gate_weights(tiny):
+    model = build(tiny)
+    ids, mask, labels, images = batch(tiny)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images)
+    assert out.gate_weights.shape == (1, 7) and torch.allclose(out.gate_weights.sum(-1), torch.ones(1))
+    out.loss.backward()
+    assert model.alignment.gate[0].weight.grad.abs().sum() > 0
+
+
+def test_prompt_only_gate_text_ignores_answer_tokens(tiny):
+    model = build(tiny, gate_text="prompt")
+    ids, mask, labels, _ = batch(tiny)
+    text = model.gate_text_mask(ids, mask, labels)
+    assert text[0].tolist() == [False, False, True, True, False, False, False]
+    model_all = build(tiny)
+    assert model_all.gate_text_mask(ids, mask, labels)[0].tolist() == [False, False, True, True, True, True, True]
+
+
+def test_truncation_keeps_room_for_the_token(tiny):
+    model = build(tiny)
+    model.config.tokenizer_model_max_length = 100
+    ids, mask, labels, images = batch(tiny)
+    _, _, _, _, emb, lab = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)
+    assert emb.shape[1] == 100 and model.config.tokenizer_model_max_length == 100
+
+
+def test_generate_runs_the_gate_at_prefill_and_uses_the_cache(tiny):
+    model = build(tiny).eval()
+    ids, _, _, images = batch(tiny)
+    prompt, image = ids[:1], images[:1]
+    cached = model.generate(prompt, images=image, max_new_tokens=5, do_sample=False, use_cache=True)
+    weights = model.last_gate_weights
+    uncached = model.generate(prompt, images=image, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert cached.shape == (1, 5) and torch.equal(cached, uncached)
+    assert weights.shape == (1, 7)
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+
+    model = build(tiny, mode="local", gate_input="pooled", gate_tokens=64)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is AlignGPTLlamaForCausalLM
+    assert loaded.config.alignment_config == model.config.alignment_config
+    assert torch.equal(loaded.alignment.level_embeddings, model.alignment.level_embeddings)
+    assert torch.equal(loaded.alignment.gate[2].weight, model.alignment.gate[2].weight)
+    assert (tmp_path / "model.safetensors").is_file()
