@@ -8,6 +8,8 @@ writes, under the folder given::
     clip/                 CLIPModel, random init, with a CLIPImageProcessor (336 px, OpenAI mean/std)
     data/images/          JPEG and PNG pictures of coloured shapes, of several sizes and aspect ratios
     data/pretrain.json    caption pairs in LLaVA's `plain` pre-training layout (as LCS-558K)
+    data/pretrain_levels.json  the same pairs with an `align_level` each (round robin over 8 levels: a
+                          stand-in for CLIP scores where a test needs levels but not a scorer)
     data/finetune.json    conversations in LLaVA's `v1` layout (as mix665k), text-only records included
     data/questions.jsonl  a question file for `llava.eval.model_vqa_loader`
 
@@ -88,6 +90,7 @@ class FixturePaths:
     clip: Path
     images: Path
     pretrain: Path
+    pretrain_levels: Path
     finetune: Path
     questions: Path
 
@@ -270,6 +273,8 @@ def write_dataset(data: Path, spec: FixtureSpec) -> tuple[Path, Path, Path]:
     paths[0].write_text(json.dumps(pretrain, indent=1))
     paths[1].write_text(json.dumps(finetune, indent=1))
     paths[2].write_text("".join(json.dumps(q) + "\n" for q in questions))
+    levelled = [{**r, "align_level": i % 8} for i, r in enumerate(pretrain)]
+    (data / "pretrain_levels.json").write_text(json.dumps(levelled, indent=1))
     meta = {p.file: asdict(p) for p in pre + ft + qs}
     (data / "pictures.json").write_text(json.dumps(meta, indent=1))
     return paths
@@ -286,7 +291,8 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
     clip = write_tiny_clip(root / "clip", spec)
     pretrain, finetune, questions = write_dataset(root / "data", spec)
     (root / "fixture_spec.json").write_text(json.dumps(asdict(spec), indent=1))
-    return FixturePaths(root, llm, clip, root / "data" / "images", pretrain, finetune, questions)
+    return FixturePaths(root, llm, clip, root / "data" / "images", pretrain,
+                        root / "data" / "pretrain_levels.json", finetune, questions)
 
 
 def main(argv: list[str] | None = None) -> FixturePaths:

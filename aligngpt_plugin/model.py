@@ -55,6 +55,28 @@ class AlignGPTLlamaModel(LlavaLlamaModel):
         super().__init__(config)
         self.alignment = AlignmentModule(config.alignment_config, config.hidden_size)
 
+    def initialize_vision_modules(self, model_args, fsdp=None):
+        """LLaVA's, plus: the alignment module comes from `--pretrain_mm_mlp_adapter` with the projector."""
+        super().initialize_vision_modules(model_args, fsdp=fsdp)
+        path = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if path is None:
+            return
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        found = {k.split("alignment.", 1)[1]: v for k, v in weights.items() if "alignment." in k}
+        if not found:
+            raise ValueError(f"{path} holds no alignment levels (keys: {sorted(weights)[:4]}...): it was "
+                             "pre-trained without --align_levels. Pre-train with the flag, or convert a "
+                             "released AlignGPT projector with aligngpt-convert")
+        expected = dict(self.alignment.state_dict())
+        for key, value in found.items():
+            if key not in expected or expected[key].shape != value.shape:
+                got = tuple(value.shape)
+                want = tuple(expected[key].shape) if key in expected else None
+                raise ValueError(f"{path}: alignment weight {key!r} has shape {got}, this model expects "
+                                 f"{want} (levels={self.alignment.num_levels}, gate_tokens="
+                                 f"{self.alignment.config.gate_tokens})")
+        self.alignment.load_state_dict(found, strict=False)
+
     def _init_weights(self, module):
         # from_pretrained on a plain Llama checkpoint initialises missing weights through the inner
         # model's _init_weights; the alignment module has its own init (Xavier-uniform levels)

@@ -65,18 +65,21 @@ def _common(fx: FixturePaths, out: Path, s: StageSettings) -> list[str]:
     ]
 
 
-def pretrain_args(fx: FixturePaths, out: Path, settings: StageSettings | None = None) -> list[str]:
-    """Stage 1 (LLaVA `pretrain.sh`): `plain` template, only the projector trains."""
+def pretrain_args(fx: FixturePaths, out: Path, settings: StageSettings | None = None,
+                  data: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """Stage 1 (LLaVA `pretrain.sh`): `plain` template, only the projector trains.
+    `extra` adds flags (e.g. `--align_levels 8`); `data` replaces the fixture's caption file."""
     s = settings or StageSettings()
-    return ["--version", "plain", "--data_path", str(fx.pretrain), "--tune_mm_mlp_adapter", "True",
-            *_common(fx, out, s)]
+    return ["--version", "plain", "--data_path", str(data or fx.pretrain), "--tune_mm_mlp_adapter", "True",
+            *_common(fx, out, s), *extra]
 
 
-def finetune_args(fx: FixturePaths, projector: Path, out: Path, settings: StageSettings | None = None) -> list[str]:
+def finetune_args(fx: FixturePaths, projector: Path, out: Path, settings: StageSettings | None = None,
+                  extra: tuple[str, ...] = ()) -> list[str]:
     """Stage 2 (LLaVA `finetune.sh`): `v1` template, projector from stage 1, LLM and projector train."""
     s = settings or StageSettings(learning_rate=2e-5)
     return ["--version", "v1", "--data_path", str(fx.finetune), "--pretrain_mm_mlp_adapter", str(projector),
-            "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s)]
+            "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s), *extra]
 
 
 def run_module(module: str, args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:

@@ -7,15 +7,23 @@
 
 Use it wherever LLaVA's scripts call `llava/train/train_mem.py` (with `deepspeed`, `torchrun` or plain
 `python`). It checks the stack, applies `patches/`, picks the attention kernel and calls LLaVA's
-`train()`. The attention kernel is FlashAttention-2 when `flash-attn` is installed and a GPU is
-present, else torch SDPA; set ALIGNGPT_ATTN_IMPLEMENTATION (flash_attention_2, sdpa, eager) to choose.
+`train()`. Add `--align_levels 8` (and optionally the other `--align_*` flags below) to train AlignGPT
+instead of plain LLaVA: stage 1 is LLaVA's `--tune_mm_mlp_adapter True` run, with an `align_level` in
+every record; stage 2 is LLaVA's fine-tuning run, with `--pretrain_mm_mlp_adapter` pointing at stage
+1's `mm_projector.bin`, which then also holds the level embeddings.
+
+The attention kernel is FlashAttention-2 when `flash-attn` is installed and a GPU is present, else
+torch SDPA; set ALIGNGPT_ATTN_IMPLEMENTATION (flash_attention_2, sdpa, eager) to choose.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
+
+from aligngpt_plugin.alignment import GATE_INPUTS, GATE_TEXTS, MODES, AlignmentConfig
 
 ATTN_ENV = "ALIGNGPT_ATTN_IMPLEMENTATION"
 ATTN_CHOICES = ("flash_attention_2", "sdpa", "eager")
@@ -37,17 +45,60 @@ def pick_attention() -> str:
     return "sdpa"
 
 
+def alignment_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aligngpt_plugin.train", add_help=False)
+    p.add_argument("--align_levels", type=int, help="N alignment levels: trains AlignGPT instead of LLaVA")
+    p.add_argument("--align_mode", choices=MODES, help="ablation mode (default adaptive)")
+    p.add_argument("--align_fixed_level", type=int, help="the level for --align_mode fixed_level")
+    p.add_argument("--align_gate_input", choices=GATE_INPUTS, help="fixed (public, 576 tokens) or pooled")
+    p.add_argument("--align_gate_text", choices=GATE_TEXTS, help="all (public) or prompt")
+    p.add_argument("--align_gate_tokens", type=int, help="image-token scores the gate reads (default 576)")
+    p.add_argument("--align_gate_hidden_size", type=int, help="gate hidden width (default 256)")
+    return p
+
+
+def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[str]]:
+    """The AlignmentConfig asked for by the `--align_*` flags (None without --align_levels), and the rest."""
+    known, rest = alignment_parser().parse_known_args(argv)
+    values = {k.removeprefix("align_"): v for k, v in vars(known).items() if v is not None}
+    if "levels" not in values:
+        if values:
+            raise SystemExit(f"--align_{next(iter(values))} needs --align_levels N")
+        return None, rest
+    values["num_levels"] = values.pop("levels")
+    return AlignmentConfig(**values), rest
+
+
+def is_pretraining(argv: list[str]) -> bool:
+    """LLaVA's own stage flag, read the way LLaVA's argument parser reads it."""
+    from llava.train.train import ModelArguments
+    from transformers import HfArgumentParser
+
+    (model_args, _) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    return bool(model_args.tune_mm_mlp_adapter)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run LLaVA's `train()` with `argv` (default: this process's command line)."""
     from aligngpt_plugin.compat import prepare_llava
     from aligngpt_plugin.patches import rewrite_argv
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    alignment, argv = split_alignment_args(argv)
     prepare_llava()
     argv = rewrite_argv(argv)
+    if alignment is not None:
+        from aligngpt_plugin.hooks import enable_aligngpt
+
+        pretraining = is_pretraining(argv)
+        enable_aligngpt(alignment, pretraining)
     attention = pick_attention()
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(f"[aligngpt] attention: {attention}", flush=True)
+        if alignment is not None:
+            stage = "pre-training (levels)" if pretraining else "instruction tuning (gate)"
+            print(f"[aligngpt] AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}", flush=True)
 
     from llava.train import train as llava_train
 

@@ -1,0 +1,89 @@
+"""Switch LLaVA's `train()` to AlignGPT: the model class, the level-aware data, the trainer, the saving.
+
+`enable_aligngpt(config, pretraining)` replaces four names that `llava.train.train` looks up at call
+time, and nothing else:
+
+- `LlavaLlamaForCausalLM`: loads the base LLM as `AlignGPTLlamaForCausalLM` with the alignment config
+  (or an AlignGPT checkpoint as it is);
+- `make_supervised_data_module`: LLaVA's dataset and collator with each record's level;
+- `LLaVATrainer`: marks what each stage trains (pre-training: the level embeddings beside the
+  projector; instruction tuning: the gate, with the level embeddings frozen);
+- `get_mm_adapter_state_maybe_zero_3` (also in `llava.train.llava_trainer`): `mm_projector.bin` and
+  adapter checkpoints also hold the alignment module, so stage 2's `--pretrain_mm_mlp_adapter` loads
+  both (see `AlignGPTLlamaModel.initialize_vision_modules`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from aligngpt_plugin.alignment import AlignmentConfig
+
+ALIGNMENT_KEY = "alignment."
+
+
+def aligngpt_loader(alignment: AlignmentConfig):
+    """A stand-in for LLaVA's model class in `train()`: only `from_pretrained` is used there."""
+    from transformers import AutoConfig
+
+    from aligngpt_plugin.model import MODEL_TYPE, AlignGPTConfig, AlignGPTLlamaForCausalLM
+
+    class AlignGPTFromBase(AlignGPTLlamaForCausalLM):
+        @classmethod
+        def from_pretrained(cls, path, *args, **kwargs):
+            base = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
+            if base.model_type == MODEL_TYPE:  # continuing from an AlignGPT checkpoint
+                if base.alignment_config.num_levels != alignment.num_levels:
+                    raise ValueError(f"{path} has {base.alignment_config.num_levels} alignment levels, "
+                                     f"--align_levels asks for {alignment.num_levels}")
+                base.alignment = alignment.to_dict()
+                return AlignGPTLlamaForCausalLM.from_pretrained(path, *args, config=base, **kwargs)
+            values = base.to_dict()
+            values.pop("model_type", None)
+            config = AlignGPTConfig(alignment=alignment.to_dict(), **values)
+            return AlignGPTLlamaForCausalLM.from_pretrained(path, *args, config=config, **kwargs)
+
+    return AlignGPTFromBase
+
+
+def with_alignment_keys(collect):
+    """`get_mm_adapter_state_maybe_zero_3` that also collects the alignment module's weights."""
+
+    @functools.wraps(collect)
+    def collect_with_alignment(named_params, keys_to_match):
+        return collect(named_params, [*keys_to_match, ALIGNMENT_KEY])
+
+    collect_with_alignment.__aligngpt__ = True
+    return collect_with_alignment
+
+
+def aligngpt_trainer(base):
+    class AlignGPTTrainer(base):
+        """LLaVATrainer that sets which alignment weights train in the current stage."""
+
+        def __init__(self, model=None, *args, **kwargs):
+            super().__init__(model, *args, **kwargs)
+            inner = model.get_model() if hasattr(model, "get_model") else model.base_model.model.get_model()
+            pretraining = getattr(model.config, "tune_mm_mlp_adapter", False)
+            inner.alignment.level_embeddings.requires_grad_(pretraining)
+            inner.alignment.gate.requires_grad_(not pretraining)
+
+    return AlignGPTTrainer
+
+
+def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
+    """Make the next `llava.train.train.train()` call train AlignGPT with `alignment`."""
+    from llava.train import llava_trainer
+    from llava.train import train as llava_train
+
+    from aligngpt_plugin.data import make_level_aware_data_module
+
+    llava_train.LlavaLlamaForCausalLM = aligngpt_loader(alignment)
+    llava_train.make_supervised_data_module = functools.partial(
+        make_level_aware_data_module, num_levels=alignment.num_levels, require_levels=pretraining)
+    if not getattr(llava_train.LLaVATrainer, "__aligngpt__", False):
+        llava_train.LLaVATrainer = aligngpt_trainer(llava_train.LLaVATrainer)
+        llava_train.LLaVATrainer.__aligngpt__ = True
+    for module in (llava_train, llava_trainer):
+        if not getattr(module.get_mm_adapter_state_maybe_zero_3, "__aligngpt__", False):
+            module.get_mm_adapter_state_maybe_zero_3 = with_alignment_keys(module.get_mm_adapter_state_maybe_zero_3)
