@@ -79,6 +79,21 @@ def is_pretraining(argv: list[str]) -> bool:
     return bool(model_args.tune_mm_mlp_adapter)
 
 
+def seed_everything(argv: list[str]) -> int:
+    """Seed every RNG with `--seed` (TrainingArguments' default 42) before LLaVA builds the model.
+
+    LLaVA creates the projector (and the plugin the alignment module) before the HF Trainer seeds, and
+    torch seeds itself randomly at start, so without this two runs with the same --seed differ.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--seed", type=int, default=42)
+    seed = parser.parse_known_args(argv)[0].seed
+    from transformers import set_seed
+
+    set_seed(seed)
+    return seed
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run LLaVA's `train()` with `argv` (default: this process's command line)."""
     from aligngpt_plugin.compat import prepare_llava
@@ -94,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         pretraining = is_pretraining(argv)
         enable_aligngpt(alignment, pretraining)
     attention = pick_attention()
+    seed_everything(argv)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(f"[aligngpt] attention: {attention}", flush=True)
         if alignment is not None:

@@ -1,0 +1,108 @@
+"""AlignGPT with one flag on LLaVA's own training: pre-train -> fine-tune -> load -> generate.
+
+Without the flag the plugin's entry point is LLaVA's `train()` to the last digit of the loss.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aligngpt_plugin import pipeline
+
+FLAG = ("--align_levels", "8")
+PRE = pipeline.StageSettings(max_steps=4, save_steps=1000)
+FT = pipeline.StageSettings(max_steps=3, learning_rate=2e-5, save_steps=1000)
+
+
+@pytest.fixture(scope="module")
+def aligngpt_runs(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("aligngpt_runs")
+    pre, ft = root / "pretrain", root / "aligngpt-finetune"
+    pipeline.train(pipeline.pretrain_args(tiny, pre, PRE, data=tiny.pretrain_levels, extra=FLAG), log=root / "pre.log")
+    pipeline.train(pipeline.finetune_args(tiny, pre / "mm_projector.bin", ft, FT, extra=FLAG), log=root / "ft.log")
+    return root, pre, ft
+
+
+def test_pretraining_saves_levels_beside_the_projector(aligngpt_runs):
+    root, pre, _ = aligngpt_runs
+    weights = torch.load(pre / "mm_projector.bin", weights_only=True)
+    assert weights["model.alignment.level_embeddings"].shape == (8, 64)
+    assert weights["model.alignment.gate.0.weight"].shape == (256, 576)
+    assert "model.mm_projector.0.weight" in weights
+    assert "AlignGPT, 8 levels, pre-training" in (root / "pre.log").read_text()
+
+
+def test_finetuning_freezes_levels_and_trains_gate_and_llm(aligngpt_runs, tiny):
+    _, pre, ft = aligngpt_runs
+    stage1 = torch.load(pre / "mm_projector.bin", weights_only=True)
+    stage2 = load_file(ft / "model.safetensors")
+    assert torch.equal(stage2["model.alignment.level_embeddings"], stage1["model.alignment.level_embeddings"])
+    assert not torch.equal(stage2["model.alignment.gate.2.weight"], stage1["model.alignment.gate.2.weight"])
+    base = load_file(tiny.llm / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(stage2[key], base[key])
+
+
+def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, tiny, llava_ready):
+    from PIL import Image
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
+
+    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+
+    _, _, ft = aligngpt_runs
+    model = AutoModelForCausalLM.from_pretrained(ft).eval()
+    assert type(model) is AlignGPTLlamaForCausalLM and model.stage == "finetune"
+    model.get_vision_tower().load_model()
+    tok = AutoTokenizer.from_pretrained(ft, use_fast=False)
+    from llava.mm_utils import tokenizer_image_token
+
+    ids = tokenizer_image_token("USER: <image>\nWhat colour is the shape? ASSISTANT:", tok, return_tensors="pt")[None]
+    image = Image.open(next(tiny.images.glob("question_*"))).convert("RGB")
+    pixels = CLIPImageProcessor.from_pretrained(tiny.clip).preprocess(image, return_tensors="pt")["pixel_values"]
+    out = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 4)
+    assert torch.allclose(model.last_gate_weights.sum(-1), torch.ones(1))
+
+
+def test_pretraining_without_levels_in_the_data_fails_clearly(tiny, tmp_path):
+    with pytest.raises(RuntimeError, match="have no alignment level"):
+        pipeline.train(pipeline.pretrain_args(tiny, tmp_path / "x", PRE, extra=FLAG))
+
+
+def test_stage2_refuses_a_projector_without_levels(tiny, tmp_path):
+    plain = tmp_path / "plain"
+    pipeline.train(pipeline.pretrain_args(tiny, plain, pipeline.StageSettings(max_steps=1, save_steps=1000)))
+    with pytest.raises(RuntimeError, match="holds no alignment levels"):
+        pipeline.train(pipeline.finetune_args(tiny, plain / "mm_projector.bin", tmp_path / "ft", FT, extra=FLAG))
+
+
+LLAVA_DIRECT = """
+import sys
+from aligngpt_plugin.compat import prepare_llava
+from aligngpt_plugin.patches import rewrite_argv
+prepare_llava()
+from transformers import set_seed
+set_seed(42)  # the --seed the runs use; LLaVA builds the projector before its Trainer seeds
+from llava.train.train import train
+sys.argv = ["train"] + rewrite_argv(sys.argv[1:])
+train(attn_implementation="sdpa")
+"""
+
+
+def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, aligngpt_runs):
+    args = lambda out: pipeline.pretrain_args(tiny, out, PRE, data=tiny.pretrain_levels)  # noqa: E731
+    pipeline.train(args(tmp_path / "plugin"))
+    subprocess.run([sys.executable, "-c", LLAVA_DIRECT, *args(tmp_path / "llava")], check=True, capture_output=True)
+    plugin, llava = pipeline.logged_losses(tmp_path / "plugin"), pipeline.logged_losses(tmp_path / "llava")
+    assert plugin == llava and len(plugin) == 4
+    a = torch.load(tmp_path / "plugin" / "mm_projector.bin", weights_only=True)
+    b = torch.load(tmp_path / "llava" / "mm_projector.bin", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any("alignment" in k for k in a)
+    # and the flag does change the run: the alignment token is in the sequence
+    assert pipeline.logged_losses(aligngpt_runs[1]) != plugin
