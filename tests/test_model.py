@@ -199,3 +199,23 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert torch.equal(loaded.alignment.level_embeddings, model.alignment.level_embeddings)
     assert torch.equal(loaded.alignment.gate[2].weight, model.alignment.gate[2].weight)
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_trainer_hook_trains_what_each_stage_trains(tiny, tmp_path, stage):
+    from llava.train.llava_trainer import LLaVATrainer
+    from llava.train.train import TrainingArguments
+
+    from aligngpt_plugin.hooks import aligngpt_trainer
+
+    model = build(tiny, stage=stage)
+    if stage == "pretrain":  # what LLaVA's train() does before building the trainer
+        model.requires_grad_(False)
+        model.get_model().mm_projector.requires_grad_(True)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    aligngpt_trainer(LLaVATrainer)(model=model, args=args)
+    levels, gate = model.alignment.level_embeddings, model.alignment.gate
+    assert levels.requires_grad is (stage == "pretrain")
+    assert all(p.requires_grad is (stage == "finetune") for p in gate.parameters())
+    assert all(p.requires_grad for p in model.get_model().mm_projector.parameters())
+    assert model.lm_head.weight.requires_grad is (stage == "finetune")
