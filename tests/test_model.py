@@ -219,3 +219,18 @@ def test_trainer_hook_trains_what_each_stage_trains(tiny, tmp_path, stage):
     assert all(p.requires_grad is (stage == "finetune") for p in gate.parameters())
     assert all(p.requires_grad for p in model.get_model().mm_projector.parameters())
     assert model.lm_head.weight.requires_grad is (stage == "finetune")
+
+
+def test_fast_path_equals_general_insertion():
+    from aligngpt_plugin.model import insert_after_bos
+
+    torch.manual_seed(0)
+    emb, tokens = torch.randn(3, 6, 4), torch.randn(3, 4)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 5 + [0]]).bool()
+    labels = torch.randint(0, 9, (3, 6))
+    fast = insert_after_bos(emb, mask, labels, tokens, torch.tensor([True, True, True]), left_padded=False)
+    # the same insertion through the general path: one sample without a token forces it
+    general = insert_after_bos(torch.cat([emb, emb[:1]]), torch.cat([mask, mask[:1]]), torch.cat([labels, labels[:1]]),
+                               tokens, torch.tensor([True, True, True, False]), left_padded=False)
+    for a, b in zip(fast, general):
+        assert torch.equal(a, b[:3])
