@@ -174,7 +174,6 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, align_levels=None):
         if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
-            self._gate_weights = None
             return super().prepare_inputs_labels_for_multimodal(
                 input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
         self._captured_image_features = None
@@ -185,7 +184,6 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
         features, self._captured_image_features = self._captured_image_features, None
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
         if not has_image.any():
-            self._gate_weights = None
             return None, position_ids_out, attention_out, past_key_values, embeds, labels_out
         out = self.alignment_tokens(input_ids, attention_mask, labels, features, align_levels)
         self._gate_weights = self.last_gate_weights = out.gate_weights

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aligngpt_plugin.fixtures import COLOURS, FixtureSpec
+from aligngpt_plugin.fixtures import COLOURS, FixtureSpec, ShapePicture
 
 
 def test_llm_and_tokenizer_load_as_vicuna_does(tiny):
@@ -58,11 +58,7 @@ def test_captions_are_true_of_their_pictures(tiny):
         x0, y0, x1, y1 = pic["box"]
         centre = image.getpixel(((x0 + x1) // 2, (y0 + y1) // 2 + (y1 - y0) // 6))
         assert max(abs(a - b) for a, b in zip(centre, COLOURS[pic["colour"]])) < 40, (name, centre)
-        assert pic["colour"] in pic_caption(pic)
-
-
-def pic_caption(pic: dict) -> str:
-    return f"A {pic['colour']} {pic['shape']} in the {pic['place']} of the picture."
+        assert f"{pic['colour']} {pic['shape']}" in ShapePicture(**pic).caption
 
 
 def test_same_seed_same_fixtures(tmp_path):
