@@ -27,7 +27,7 @@ from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCau
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, masked_mean
+from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, AlignmentOutput, masked_mean
 
 MODEL_TYPE = "aligngpt_llava"
 
@@ -167,9 +167,14 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
         embed = self.get_model().embed_tokens
         safe_ids = input_ids.clamp(min=0)  # IMAGE_TOKEN_INDEX (-200) is masked out of the mean anyway
         text = masked_mean(embed(safe_ids), self.gate_text_mask(input_ids, attention_mask, labels))
-        if isinstance(image_features, (list, tuple)) or image_features.shape[0] != input_ids.shape[0]:
-            raise ValueError("the gate expects one image per sample; batches of image lists are not supported yet")
-        return self.alignment(image_tokens=image_features[has_image], text_mean=text[has_image])
+        if isinstance(image_features, torch.Tensor):
+            return self.alignment(image_tokens=image_features[has_image], text_mean=text[has_image])
+        # Image lists (LLaVA-1.6 any-resolution, several images per sample): each sample has its own
+        # number of image tokens, so the gate runs per sample (gate_input='pooled' makes that count free).
+        outs = [self.alignment(image_tokens=image_features[k][None], text_mean=text[k:k + 1])
+                for k in has_image.nonzero().flatten().tolist()]
+        weights = None if outs[0].gate_weights is None else torch.cat([o.gate_weights for o in outs])
+        return AlignmentOutput(torch.cat([o.token for o in outs]), weights)
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, align_levels=None):
@@ -182,6 +187,8 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
                 super().prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
         features, self._captured_image_features = self._captured_image_features, None
+        if isinstance(images, list) or images.ndim == 5:
+            features = per_sample_image_tokens(features, images)
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
         if not has_image.any():
             return None, position_ids_out, attention_out, past_key_values, embeds, labels_out
@@ -218,6 +225,13 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
         self.last_gate_weights = None  # set by the prefill's gate, kept for analysis after generate
         return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+
+
+def per_sample_image_tokens(features: torch.Tensor, images) -> list[torch.Tensor]:
+    """Split what `encode_images` returned for LLaVA's concatenated image list back per sample:
+    [sum of n_i, T, H] -> a [n_i * T, H] tensor per sample (every view or image of a sample counts)."""
+    sizes = [1 if x.ndim == 3 else x.shape[0] for x in images]
+    return [chunk.flatten(0, 1) for chunk in torch.split(features, sizes)]
 
 
 def insert_after_bos(embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,

@@ -158,6 +158,23 @@ def test_finetuning_output_carries_gate_weights(tiny):
     assert model.alignment.gate[0].weight.grad.abs().sum() > 0
 
 
+def test_gate_takes_image_lists_of_any_length_when_pooled(tiny):
+    """LLaVA-1.6 any-resolution: a list with several views per sample; each sample's views form its tokens."""
+    ids, mask, labels, images = batch(tiny)
+    one = images[:1]
+    views = [torch.cat([one, one.flip(-1), one.flip(-2)]), torch.zeros_like(one)]  # 3 views, text-only sample
+    model = build(tiny, gate_input="pooled")
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=views)
+    assert out.gate_weights.shape == (1, 7) and torch.allclose(out.gate_weights.sum(-1), torch.ones(1))
+    assert out.logits.shape[1] == 7 - 1 + 3 * 576 + 1  # text, 3 x 576 image tokens, the alignment token
+    # the same image as a one-view list gives the gate exactly what the tensor batch gives it
+    single = model(input_ids=ids, attention_mask=mask, labels=labels, images=[one[0], torch.zeros_like(one[0])])
+    tensor = model(input_ids=ids, attention_mask=mask, labels=labels, images=images)
+    assert torch.allclose(single.gate_weights, tensor.gate_weights, atol=1e-6)
+    with pytest.raises(ValueError, match="pooled"):
+        build(tiny)(input_ids=ids, attention_mask=mask, labels=labels, images=views)
+
+
 def test_prompt_only_gate_text_ignores_answer_tokens(tiny):
     model = build(tiny, gate_text="prompt")
     ids, mask, labels, _ = batch(tiny)
