@@ -93,6 +93,8 @@ class FixturePaths:
     pretrain_levels: Path
     finetune: Path
     questions: Path
+    pretrain_patches: Path | None = None  # pretrain.json plus each shape's patch labels
+    heldout_patches: Path | None = None  # the fine-tuning and question pictures, captioned and labelled
 
 
 def tokenizer_dir() -> Path:
@@ -280,6 +282,43 @@ def write_dataset(data: Path, spec: FixtureSpec) -> tuple[Path, Path, Path]:
     return paths
 
 
+def shape_labels(pic: ShapePicture) -> list[dict]:
+    """The picture's patch labels: its colour and its shape, both over the shape's region, given as a
+    box (square), a polygon (triangle) or a compressed COCO RLE mask (circle), drawn as `draw_picture` does."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from aligngpt_plugin.patch_labels import encode_rle
+
+    if pic.shape == "square":
+        region = {"box": list(pic.box)}
+    elif pic.shape == "triangle":
+        x0, y0, x1, y1 = pic.box
+        cx = PLACES[pic.place][0] * pic.size[0]
+        region = {"mask": [[cx, y0, x1, y1, x0, y1]]}
+    else:
+        canvas = Image.new("1", tuple(pic.size), 0)
+        ImageDraw.Draw(canvas).ellipse(pic.box, fill=1)
+        region = {"mask": encode_rle(np.array(canvas, dtype=bool))}
+    return [{"phrase": pic.colour, **region}, {"phrase": pic.shape, **region}]
+
+
+def write_patch_labels(data: Path, seed: int = 0) -> tuple[Path, Path]:
+    """`pretrain_patches.json` (pretrain.json with `patch_labels`) and `heldout_patches.json` (the other
+    pictures as labelled caption records, for aligngpt-analyze on images the projector never saw)."""
+    rng = random.Random(seed)
+    pictures = {name: ShapePicture(**{**m, "box": tuple(m["box"]), "size": tuple(m["size"])})
+                for name, m in json.loads((data / "pictures.json").read_text()).items()}
+    pretrain = json.loads((data / "pretrain.json").read_text())
+    labelled = [{**r, "patch_labels": shape_labels(pictures[r["image"]])} for r in pretrain]
+    heldout = [{**plain_record(name.split(".")[0], pic, rng), "patch_labels": shape_labels(pic)}
+               for name, pic in pictures.items() if not name.startswith("pretrain_")]
+    paths = data / "pretrain_patches.json", data / "heldout_patches.json"
+    paths[0].write_text(json.dumps(labelled, indent=1))
+    paths[1].write_text(json.dumps(heldout, indent=1))
+    return paths
+
+
 def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> FixturePaths:
     """Write the tiny LLM, the tiny CLIP and the tiny dataset under `root` and return their paths.
 
@@ -291,8 +330,10 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
     clip = write_tiny_clip(root / "clip", spec)
     pretrain, finetune, questions = write_dataset(root / "data", spec)
     (root / "fixture_spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    pretrain_patches, heldout_patches = write_patch_labels(root / "data", spec.seed)
     return FixturePaths(root, llm, clip, root / "data" / "images", pretrain,
-                        root / "data" / "pretrain_levels.json", finetune, questions)
+                        root / "data" / "pretrain_levels.json", finetune, questions,
+                        pretrain_patches, heldout_patches)
 
 
 def main(argv: list[str] | None = None) -> FixturePaths:

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     alignment, argv = split_alignment_args(argv)
+    from aligngpt_plugin.patch_training import split_patch_alignment_args
+
+    patch_alignment, argv = split_patch_alignment_args(argv)  # --patch_align_* (METHOD.md section 3)
     prepare_llava()
     argv = rewrite_argv(argv)
     if alignment is not None:
@@ -108,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
 
         pretraining = is_pretraining(argv)
         enable_aligngpt(alignment, pretraining)
+    if patch_alignment is not None:  # after enable_aligngpt: wraps its data module and trainer
+        from aligngpt_plugin.patch_training import enable_patch_alignment
+
+        try:
+            enable_patch_alignment(patch_alignment, is_pretraining(argv))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     attention = pick_attention()
     seed_everything(argv)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         if alignment is not None:
             stage = "pre-training (levels)" if pretraining else "instruction tuning (gate)"
             print(f"[aligngpt] AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}", flush=True)
+        if patch_alignment is not None:
+            print(f"[aligngpt] patch alignment, weight {patch_alignment.weight}, {patch_alignment.multi}", flush=True)
 
     from llava.train import train as llava_train
 
