@@ -1,0 +1,151 @@
+"""CLIP models for scoring: open_clip (the default and main path) or a transformers CLIPModel folder.
+
+Both give the same three things: `preprocess` (PIL image -> tensor, run in DataLoader workers),
+`tokenize` (list of captions -> token ids, batched) and `encode` (pixels, tokens -> the two embeddings).
+The score is the cosine of the L2-normalised embeddings, computed in float32.
+
+Model names:
+- an open_clip name (`ViT-L-14-336`, see `open_clip.list_models()`) with `pretrained` a tag (`openai`) or a
+  local checkpoint file; `hf-hub:org/repo` and `local-dir:PATH` as open_clip reads them;
+- a path to an open_clip model config JSON (`{"embed_dim", "vision_cfg", "text_cfg"}`), registered under
+  its file stem, with `pretrained` a local checkpoint file (or none: random weights, for tests);
+- `hf:PATH`, or a folder holding a transformers `config.json` of a CLIPModel: transformers' CLIP (the
+  vision tower LLaVA loads), with its image processor; its tokenizer when the folder has one, else
+  open_clip's, which is the same BPE vocabulary as OpenAI's CLIP.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL = "ViT-L-14-336"
+DEFAULT_PRETRAINED = "openai"
+
+
+@dataclass
+class ClipScorer:
+    """A loaded CLIP model and what its inputs need. `preprocess` and `tokenize` are picklable."""
+
+    name: str
+    pretrained: str | None
+    backend: str  # "open_clip" or "transformers"
+    model: torch.nn.Module
+    preprocess: Any
+    tokenize: Any
+
+    def encode(self, pixels: torch.Tensor, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.backend == "open_clip":
+            return self.model.encode_image(pixels), self.model.encode_text(tokens)
+        image = self.model.get_image_features(pixel_values=pixels)
+        text = self.model.get_text_features(**tokens) if isinstance(tokens, dict) else \
+            self.model.get_text_features(input_ids=tokens)
+        return _features(image), _features(text)
+
+    def score(self, pixels: torch.Tensor, tokens: Any) -> torch.Tensor:
+        """Cosine similarity of each image with its own caption, float32 [batch]."""
+        image, text = self.encode(pixels, tokens)
+        image = torch.nn.functional.normalize(image.float(), dim=-1)
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        return (image * text).sum(dim=-1)
+
+
+def _features(output) -> torch.Tensor:
+    # transformers >= 4.5x may return a model output instead of a tensor from get_*_features
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def is_transformers_clip(model: str) -> bool:
+    path = Path(model[3:] if model.startswith("hf:") else model)
+    if model.startswith("hf:"):
+        return True
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "clip"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_scorer(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
+                device: str | torch.device = "cpu") -> ClipScorer:
+    """Load a CLIP model for scoring, in eval mode on `device`, float32 weights (autocast does the rest).
+
+    Raises ValueError naming the model and what is accepted when it cannot be found.
+    """
+    if is_transformers_clip(model):
+        return _load_transformers(Path(model[3:] if model.startswith("hf:") else model), device)
+    return _load_open_clip(model, pretrained, device)
+
+
+def _load_open_clip(model: str, pretrained: str | None, device) -> ClipScorer:
+    import open_clip
+
+    name = model
+    if model.endswith(".json"):
+        config = Path(model)
+        if not config.is_file():
+            raise ValueError(f"open_clip model config {config} not found")
+        open_clip.add_model_config(config)
+        name = config.stem
+    schema = name.split(":", 1)[0] + ":" if name.startswith(("hf-hub:", "local-dir:")) else None
+    if schema is None and name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}: give one of open_clip.list_models() (e.g. "
+                         f"{DEFAULT_MODEL}, ViT-B-32), a model config .json, hf-hub:ORG/REPO, local-dir:PATH, "
+                         "or hf:PATH for a transformers CLIP folder")
+    if pretrained and schema is None and not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ValueError(f"pretrained={pretrained!r} is neither a checkpoint file nor a tag of {name}; "
+                             f"tags: {tags}")
+    # OpenAI's weights were trained with QuickGELU; open_clip's plain names use GELU and only warn
+    quick_gelu = bool(schema is None and pretrained and not Path(pretrained).is_file()
+                      and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+    net, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu)
+    tokenizer = open_clip.get_tokenizer(name)
+    net.eval().requires_grad_(False)
+    return ClipScorer(model, pretrained, "open_clip", net, preprocess, tokenizer)
+
+
+class _HFImageProcessing:
+    """Picklable PIL -> pixel tensor with a transformers image processor."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class _HFTokenizing:
+    def __init__(self, tokenizer, context_length: int):
+        self.tokenizer, self.context_length = tokenizer, context_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+
+def _load_transformers(folder: Path, device) -> ClipScorer:
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"hf:{folder}: no transformers config.json there; give a CLIPModel folder")
+    net = CLIPModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
+    preprocess = _HFImageProcessing(CLIPImageProcessor.from_pretrained(folder))
+    context = net.config.text_config.max_position_embeddings
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
+    if has_tokenizer:
+        tokenize = _HFTokenizing(AutoTokenizer.from_pretrained(folder), context)
+    else:
+        import open_clip
+
+        tokenize = open_clip.SimpleTokenizer(context_length=context)
+    return ClipScorer(f"hf:{folder}", None, "transformers", net, preprocess, tokenize)

@@ -1,0 +1,147 @@
+"""Alignment levels from CLIP scores: equal-count quantile edges, applying edges, `levels.json`, a histogram.
+
+A level is the number of edges at or below a score: with edges e_1 < ... < e_{N-1}, level 0 holds scores
+below e_1 and level N-1 scores at or above e_{N-1}; 0 is the lowest similarity (METHOD.md section 1).
+Edges are scores taken from the data at the quantile positions, so equal scores always share a level
+(deterministic on ties, whatever the input order) and applying the edges back to the same scores gives
+the same levels. With distinct scores the levels hold equal counts (they differ by at most one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LEVELS_FORMAT = "aligngpt-levels/1"
+
+
+class LevelSplitError(ValueError):
+    """The scores cannot be split into the levels asked for, or a levels file is invalid."""
+
+
+def quantile_edges(scores: np.ndarray, num_levels: int) -> list[float]:
+    """The N-1 edges that split `scores` into `num_levels` equal-count levels.
+
+    Raises LevelSplitError when a level would be empty: fewer distinct scores than levels, or so many
+    equal scores that two edges coincide.
+    """
+    if num_levels < 2:
+        raise LevelSplitError(f"num_levels={num_levels}: at least 2 levels are needed")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or not np.all(np.isfinite(scores)):
+        raise LevelSplitError("scores must be a flat array of finite numbers")
+    distinct = np.unique(scores).size
+    if distinct < num_levels:
+        raise LevelSplitError(f"{num_levels} levels asked for, but only {distinct} distinct scores among "
+                              f"{scores.size} scored records; score more data or ask for at most {distinct} levels")
+    ordered = np.sort(scores, kind="stable")
+    m = ordered.size
+    # edge k is the first score of level k when the sorted scores are cut into N equal runs
+    positions = [(k * m + num_levels - 1) // num_levels for k in range(1, num_levels)]
+    edges = [float(ordered[p]) for p in positions]
+    bounds = [float(ordered[0])] + edges
+    for k in range(num_levels - 1):
+        if not bounds[k] < bounds[k + 1]:
+            raise LevelSplitError(
+                f"level {k} of {num_levels} would be empty: too many records share the score {bounds[k + 1]!r} "
+                f"({int(np.sum(scores == bounds[k + 1]))} of {m}); ask for fewer levels")
+    return edges
+
+
+def assign_levels(scores: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Level of each score under `edges` (int64, 0..len(edges))."""
+    edges_arr = np.asarray(edges, dtype=np.float64)
+    if edges_arr.size and not np.all(np.diff(edges_arr) > 0):
+        raise LevelSplitError(f"edges must increase strictly, got {list(edges)}")
+    return np.searchsorted(edges_arr, np.asarray(scores, dtype=np.float64), side="right").astype(np.int64)
+
+
+@dataclass
+class LevelsFile:
+    """What `levels.json` holds: enough to audit a split and to apply it to new data."""
+
+    num_levels: int
+    edges: list[float]
+    model: str
+    pretrained: str | None
+    counts: list[int]
+    input_path: str
+    input_sha256: str
+    records: int
+    scored: int
+    errors: dict[str, int] = field(default_factory=dict)
+    caption: str = "gpt-first"
+    edges_from: str | None = None  # the levels.json the edges were taken from, when --levels-from
+    score_stats: dict[str, float] = field(default_factory=dict)
+    format: str = LEVELS_FORMAT
+
+    def write(self, path: str | Path) -> None:
+        write_atomic(Path(path), json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> LevelsFile:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LevelSplitError(f"cannot read levels file {path}: {e}") from e
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown or values.get("format") != LEVELS_FORMAT:
+            raise LevelSplitError(f"{path} is not a levels.json written by aligngpt-score "
+                                  f"(format {values.get('format')!r}, unknown keys {unknown})")
+        levels = cls(**values)
+        if len(levels.edges) != levels.num_levels - 1:
+            raise LevelSplitError(f"{path}: {len(levels.edges)} edges for {levels.num_levels} levels; expected "
+                                  f"{levels.num_levels - 1}")
+        assign_levels(np.zeros(0), levels.edges)  # validates the order
+        return levels
+
+
+def level_counts(levels: np.ndarray, num_levels: int) -> list[int]:
+    return [int(c) for c in np.bincount(levels, minlength=num_levels)[:num_levels]]
+
+
+def score_stats(scores: np.ndarray) -> dict[str, float]:
+    if scores.size == 0:
+        return {}
+    return {"min": float(scores.min()), "max": float(scores.max()), "mean": round(float(scores.mean()), 6),
+            "median": float(np.median(scores))}
+
+
+def plot_histogram(scores: np.ndarray, edges: list[float], path: str | Path, title: str = "") -> None:
+    """A histogram of the scores with the level edges drawn, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.subplots()
+    ax.hist(np.asarray(scores, dtype=np.float64), bins=min(100, max(10, int(np.sqrt(len(scores))))),
+            color="#4c72b0", edgecolor="white", linewidth=0.3)
+    for k, edge in enumerate(edges, start=1):
+        ax.axvline(edge, color="#c44e52", linewidth=1, linestyle="--")
+        ax.text(edge, ax.get_ylim()[1] * 0.97, str(k), color="#c44e52", ha="left", va="top", fontsize=8)
+    ax.set_xlabel("CLIP image-caption cosine similarity")
+    ax.set_ylabel("records")
+    ax.set_title(title or f"{len(scores)} scores, {len(edges) + 1} levels (dashed: first score of level k)")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
+    os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
