@@ -37,6 +37,15 @@ class ClipScorer:
     model: torch.nn.Module
     preprocess: Any
     tokenize: Any
+    normalize: tuple[list[float], list[float]] | None = None  # set when `preprocess` gives uint8 pixels
+
+    def pixels(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Model input from what `preprocess` gave (uint8 is scaled and normalised here, on the device)."""
+        batch = batch.to(device, non_blocking=True)
+        if self.normalize is None:
+            return batch
+        mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in self.normalize)
+        return batch.float().div(255).sub_(mean).div_(std)  # the arithmetic of ToTensor + Normalize
 
     def encode(self, pixels: torch.Tensor, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "open_clip":
@@ -110,7 +119,29 @@ def _load_open_clip(model: str, pretrained: str | None, device) -> ClipScorer:
         name, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu)
     tokenizer = open_clip.get_tokenizer(name)
     net.eval().requires_grad_(False)
-    return ClipScorer(model, pretrained, "open_clip", net, preprocess, tokenizer)
+    preprocess, normalize = split_to_tensor(preprocess)
+    return ClipScorer(model, pretrained, "open_clip", net, preprocess, tokenizer, normalize)
+
+
+class _ToUint8:
+    """PIL RGB image -> uint8 tensor [3, H, W] (a quarter of the float bytes to pass between processes)."""
+
+    def __call__(self, image) -> torch.Tensor:
+        import numpy as np
+
+        return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def split_to_tensor(preprocess):
+    """open_clip's eval transform ends in ToTensor, Normalize: keep the PIL steps in the workers and
+    scale and normalise on the device. Any other transform is kept whole (normalize None)."""
+    from torchvision import transforms as T
+
+    steps = getattr(preprocess, "transforms", None)
+    if not steps or len(steps) < 2 or type(steps[-2]) is not T.ToTensor or type(steps[-1]) is not T.Normalize:
+        return preprocess, None
+    norm = steps[-1]
+    return T.Compose([*steps[:-2], _ToUint8()]), (list(map(float, norm.mean)), list(map(float, norm.std)))
 
 
 class _HFImageProcessing:

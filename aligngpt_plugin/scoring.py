@@ -43,7 +43,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from aligngpt_plugin.clip_backends import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipScorer, load_scorer
+from aligngpt_plugin.clip_backends import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ClipScorer,
+    is_transformers_clip,
+    load_scorer,
+)
 from aligngpt_plugin.levels import (
     LevelsFile,
     assign_levels,
@@ -116,6 +122,8 @@ class ScoreConfig:
         if self.rank is not None and not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} is outside 0..{self.world_size - 1}")
         self.pretrained = self.pretrained or None
+        if is_transformers_clip(self.model):
+            self.pretrained = None  # the folder holds the weights
 
 
 @dataclass
@@ -249,7 +257,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def default_workers() -> int:
-    return min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """The CPU cores of this process shared among the ranks of this node, at most 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(16, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def shard_path(output_dir: str | Path, chunk: int) -> Path:
@@ -317,7 +327,7 @@ def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, devic
                                  "errors.jsonl and score the rest")
             lines.extend(batch["errors"])
             if batch["pixels"] is not None:
-                pixels = batch["pixels"].to(device, non_blocking=True)
+                pixels = scorer.pixels(batch["pixels"], device)
                 tokens = _to_device(batch["tokens"], device)
                 scores = scorer.score(pixels, tokens).cpu().tolist()  # a sync point, once per batch
                 lines.extend({"index": i, "id": ident, "score": s}

@@ -294,3 +294,40 @@ def test_separate_jobs_then_merge_match_one_process(clip, reference, tmp_path):
                 merge_only(replace(make_config(clip, clip["data"], out), chunk_size=4))
     assert score_main(cli_args(clip, clip["data"], out, "--merge-only")) == 0
     assert_same_outputs(out, reference)
+
+
+# ------------------------------------------------------------------------------------------ transformers CLIP
+
+def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretraining(tiny, llava_ready, tmp_path):
+    """The demo's path: the fixture's transformers CLIP (auto-detected folder) on the fixture captions."""
+    import open_clip
+    import torch
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from aligngpt_plugin.data import record_level
+
+    out = tmp_path / "out"
+    args = ["--data", str(tiny.pretrain), "--images", str(tiny.images), "--output", str(out), "--model",
+            str(tiny.clip), "--batch-size", "8", "--num-workers", "0", "--no-progress"]
+    assert score_main(args) == 0
+    scores = read_jsonl(out / "scores.jsonl")
+    records = json.loads(tiny.pretrain.read_text())
+    assert len(scores) == len(records)
+
+    model = CLIPModel.from_pretrained(tiny.clip).eval()
+    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
+    tokenizer = open_clip.SimpleTokenizer(context_length=model.config.text_config.max_position_embeddings)
+    with torch.no_grad():
+        for record, score in list(zip(records, scores))[:4]:
+            pixels = processor(images=Image.open(tiny.images / record["image"]), return_tensors="pt")["pixel_values"]
+            image = model.get_image_features(pixel_values=pixels)
+            text = model.get_text_features(input_ids=tokenizer([record["conversations"][1]["value"]]))
+            expected = torch.nn.functional.cosine_similarity(image, text).item()
+            assert score["score"] == pytest.approx(expected, abs=2e-5)
+
+    levels = json.loads((out / "levels.json").read_text())
+    assert levels["model"] == str(tiny.clip) and levels["pretrained"] is None
+    levelled = json.loads((out / "pretrain_levels.json").read_text())
+    got = [record_level(r, i, 8, "pretrain_levels.json") for i, r in enumerate(levelled)]
+    assert sorted(got) == sorted(i * 8 // len(got) for i in range(len(got)))  # 32 records: 4 per level
