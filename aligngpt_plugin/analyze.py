@@ -307,8 +307,9 @@ def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, word
     picture = (pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     size = picture.shape[0]
     cell = size / grid
-    fig, ax = plt.subplots(figsize=(10, 10), dpi=120)
-    ax.imshow(picture, extent=(0, size, size, 0))
+    fig = plt.figure(figsize=(10, 10.4), dpi=120)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.94))
+    ax.imshow(picture, extent=(0, size, size, 0), alpha=0.55)  # faded, so the words stay readable
     for i in range(grid + 1):
         ax.axhline(i * cell, color="white", lw=0.3, alpha=0.6)
         ax.axvline(i * cell, color="white", lw=0.3, alpha=0.6)
@@ -319,11 +320,12 @@ def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, word
     for n, word in enumerate(words):
         r, c = divmod(n, grid)
         ax.text((c + 0.5) * cell, (r + 0.5) * cell, word.replace("\u2581", ""), ha="center", va="center",
-                fontsize=font, color="black", bbox={"facecolor": "white", "alpha": 0.55, "pad": 0.3, "lw": 0})
+                fontsize=font, color="black")
+    ax.set_xlim(0, size)
+    ax.set_ylim(size, 0)
     ax.set_axis_off()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path)  # no tight_layout: it measures every one of the grid's words
     plt.close(fig)
 
 
