@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = report["aggregate"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"[aligngpt-analyze] {a['images']} images, {a['labelled_patches']} labelled patches: "
-          f"precision@{a['top_k']} {fmt(a['precision_at_k'])} (chance {fmt(a['chance_precision_at_k'])}), "
+          f"precision@{a['top_k']} {fmt(a['precision_at_k'])} (chance {a['chance_precision_at_k'] or 0:.5f}), "
           f"hit@{a['top_k']} {fmt(a['hit_at_k'])}; effective rank {a['before_projector']['effective_rank']:.1f} -> "
           f"{a['after_projector']['effective_rank']:.1f}; pursuit residual after {a['pursuit_atoms']} atoms "
           f"{a['pursuit_residual'][-1]:.3f}; report in {args.out}/report.json", flush=True)
