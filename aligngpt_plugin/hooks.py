@@ -26,11 +26,13 @@ def aligngpt_loader(alignment: AlignmentConfig):
     """A stand-in for LLaVA's model class in `train()`: only `from_pretrained` is used there."""
     from transformers import AutoConfig
 
+    from aligngpt_plugin.lora import quantized_loading_kwargs
     from aligngpt_plugin.model import MODEL_TYPE, AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     class AlignGPTFromBase(AlignGPTLlamaForCausalLM):
         @classmethod
         def from_pretrained(cls, path, *args, **kwargs):
+            kwargs = quantized_loading_kwargs(kwargs)  # QLoRA: levels and gate stay out of bitsandbytes
             base = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
             if base.model_type == MODEL_TYPE:  # continuing from an AlignGPT checkpoint
                 if base.alignment_config.num_levels != alignment.num_levels:
@@ -87,3 +89,6 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     for module in (llava_train, llava_trainer):
         if not getattr(module.get_mm_adapter_state_maybe_zero_3, "__aligngpt__", False):
             module.get_mm_adapter_state_maybe_zero_3 = with_alignment_keys(module.get_mm_adapter_state_maybe_zero_3)
+    from aligngpt_plugin.lora import enable_lora_support
+
+    enable_lora_support(llava_train)  # --lora_enable: LoRA on the LLM only; alignment weights in non_lora_trainables

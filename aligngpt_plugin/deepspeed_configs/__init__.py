@@ -1,0 +1,44 @@
+"""The DeepSpeed configs the reproduction scripts use, shipped inside the package.
+
+    python -m aligngpt_plugin.deepspeed_configs zero3      # prints the path of zero3.json
+
+- `zero2`: ZeRO stage 2 (optimizer state and gradients sharded), LLaVA-1.5's pre-training setting;
+- `zero3`: ZeRO stage 3 (parameters sharded too), its fine-tuning setting;
+- `zero3_offload`: ZeRO-3 with parameters and optimizer state in CPU memory, for GPUs too small for
+  `zero3` (slower).
+
+Batch sizes, accumulation, clipping and bf16/fp16 are `"auto"`: the HF Trainer fills them from the
+command line, so one file serves every script, GPU count and tiny CPU run.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+CONFIGS = ("zero2", "zero3", "zero3_offload")
+
+
+def config_path(name: str) -> Path:
+    """The path of the shipped config `name` (one of CONFIGS, with or without `.json`)."""
+    stem = name.removesuffix(".json")
+    if stem not in CONFIGS:
+        raise ValueError(f"no DeepSpeed config {name!r}; available: {', '.join(CONFIGS)}")
+    return Path(str(resources.files(__name__) / f"{stem}.json"))
+
+
+def load_config(name: str) -> dict:
+    """The config `name` as a dict (what DeepSpeed reads)."""
+    return json.loads(config_path(name).read_text())
+
+
+def main(argv: list[str] | None = None) -> Path:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m aligngpt_plugin.deepspeed_configs",
+                                     description="Print the path of a shipped DeepSpeed config.")
+    parser.add_argument("name", choices=CONFIGS)
+    path = config_path(parser.parse_args(argv).name)
+    print(path)
+    return path

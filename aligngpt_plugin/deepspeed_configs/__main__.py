@@ -1,0 +1,3 @@
+from aligngpt_plugin.deepspeed_configs import main
+
+main()
