@@ -12,6 +12,7 @@ The gate of the public code reads exactly 576 image tokens (one 336 px image, 14
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -86,6 +87,16 @@ def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (embeds * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+def full_weights(params: list[nn.Parameter]):
+    """A context in which `params` are whole: DeepSpeed ZeRO-3 partitions parameters (they carry `ds_id`),
+    so they are gathered for writing and re-partitioned after (rank 0's values win); else a no-op."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
 class AlignmentModule(nn.Module):
     """The level embedding table `E` [N, hidden] and the gate over the N-1 local levels."""
 
@@ -99,12 +110,15 @@ class AlignmentModule(nn.Module):
             nn.GELU(),
             nn.Linear(config.gate_hidden_size, n - 1),
         )
-        self.reset_parameters()
+        # The gate's Linear layers initialise themselves (under DeepSpeed ZeRO-3 they are already
+        # partitioned here, so re-initialising them would fail); only the levels need their own init.
+        nn.init.xavier_uniform_(self.level_embeddings)
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.level_embeddings)
-        for layer in (self.gate[0], self.gate[2]):
-            layer.reset_parameters()
+        with full_weights(list(self.parameters())):
+            nn.init.xavier_uniform_(self.level_embeddings)
+            for layer in (self.gate[0], self.gate[2]):
+                layer.reset_parameters()
 
     @property
     def num_levels(self) -> int:

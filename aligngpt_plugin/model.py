@@ -27,7 +27,7 @@ from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCau
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, AlignmentOutput, masked_mean
+from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, AlignmentOutput, full_weights, masked_mean
 
 MODEL_TYPE = "aligngpt_llava"
 
@@ -67,15 +67,16 @@ class AlignGPTLlamaModel(LlavaLlamaModel):
             raise ValueError(f"{path} holds no alignment levels (keys: {sorted(weights)[:4]}...): it was "
                              "pre-trained without --align_levels. Pre-train with the flag, or convert a "
                              "released AlignGPT projector with aligngpt-convert")
-        expected = dict(self.alignment.state_dict())
-        for key, value in found.items():
-            if key not in expected or expected[key].shape != value.shape:
-                got = tuple(value.shape)
-                want = tuple(expected[key].shape) if key in expected else None
-                raise ValueError(f"{path}: alignment weight {key!r} has shape {got}, this model expects "
-                                 f"{want} (levels={self.alignment.num_levels}, gate_tokens="
-                                 f"{self.alignment.config.gate_tokens})")
-        self.alignment.load_state_dict(found, strict=False)
+        with full_weights(list(self.alignment.parameters())):  # ZeRO-3 built them partitioned
+            expected = dict(self.alignment.state_dict())
+            for key, value in found.items():
+                if key not in expected or expected[key].shape != value.shape:
+                    got = tuple(value.shape)
+                    want = tuple(expected[key].shape) if key in expected else None
+                    raise ValueError(f"{path}: alignment weight {key!r} has shape {got}, this model expects "
+                                     f"{want} (levels={self.alignment.num_levels}, gate_tokens="
+                                     f"{self.alignment.config.gate_tokens})")
+            self.alignment.load_state_dict(found, strict=False)
 
     def _init_weights(self, module):
         # from_pretrained on a plain Llama checkpoint initialises missing weights through the inner
