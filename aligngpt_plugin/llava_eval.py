@@ -5,7 +5,8 @@
         --answers-file answers.jsonl --temperature 0 --conv-mode vicuna_v1
 
 Same as `python -m llava.eval.model_vqa_loader ...`, after the plugin's checks and `patches/`
-(which, on machines without CUDA, let LLaVA's hard-coded `cuda` device become `cpu` or `mps`).
+(which, on machines without CUDA, let LLaVA's hard-coded `cuda` device become `cpu` or `mps`), with
+LLaVA's loader made to recognise AlignGPT checkpoints by their config (`aligngpt_plugin.loader`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or not argv[0].startswith("llava."):
         raise SystemExit(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science")
     from aligngpt_plugin.compat import prepare_llava
+    from aligngpt_plugin.loader import enable_aligngpt_loading
 
     prepare_llava()
+    enable_aligngpt_loading()  # AlignGPT (and LLaVA) checkpoints are recognised by config, not folder name
     module, rest = argv[0], argv[1:]
     saved = sys.argv
     sys.argv = [module, *rest]

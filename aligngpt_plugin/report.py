@@ -1,0 +1,64 @@
+"""One markdown table of whatever results exist, beside the paper's AlignGPT and LLaVA-1.5 rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aligngpt_plugin.benchmarks import BENCHMARKS
+
+# METHOD.md section 4 (AlignGPT paper / project README; LLaVA model zoo). LLaVA-1.5's SEED is SEED-all.
+PAPER: dict[str, dict[str, float]] = {
+    "AlignGPT-7B (paper)": dict(zip(BENCHMARKS, (79.1, 62.9, 54.2, 68.5, 58.4, 86.0, 1527.4, 67.3, 59.9, 66.5,
+                                                 68.4, 30.8))),
+    "AlignGPT-13B (paper)": dict(zip(BENCHMARKS, (80.0, 63.6, 56.4, 70.3, 60.2, 86.2, 1572.0, 69.5, 63.7, 67.8,
+                                                  75.2, 35.6))),
+    "LLaVA-1.5-7B (paper)": dict(zip(BENCHMARKS, (78.5, 62.0, 50.0, 66.8, 58.2, 85.9, 1510.7, 64.3, 58.3, 58.6,
+                                                  65.4, 31.1))),
+}
+NOT_RUN = "not run"
+
+
+def load_results(results_dir: str | Path) -> dict[str, dict]:
+    """{benchmark key: result} from the `<key>.json` files `aligngpt-eval score` wrote."""
+    found = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            value = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); rerun `aligngpt-eval score` for it") from e
+        if isinstance(value, dict) and value.get("benchmark") in BENCHMARKS:
+            found[value["benchmark"]] = value
+    return found
+
+
+def cell(result: dict | None) -> str:
+    if result is None:
+        return NOT_RUN
+    if result.get("score") is None:
+        return "to submit" if result.get("scoring") == "submission" else "to judge (GPT-4)"
+    return f"{result['score']:.1f}"
+
+
+def markdown_table(runs: dict[str, dict[str, dict]]) -> str:
+    """`runs`: {row name: {benchmark key: result}}; the paper's rows come first."""
+    header = "| model | " + " | ".join(b.title for b in BENCHMARKS.values()) + " |"
+    lines = [header, "|" + "---|" * (len(BENCHMARKS) + 1)]
+    for name, values in PAPER.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[k]:g}" for k in BENCHMARKS) + " |")
+    for name, results in runs.items():
+        lines.append(f"| {name} | " + " | ".join(cell(results.get(k)) for k in BENCHMARKS) + " |")
+    notes = ["", f"`{NOT_RUN}`: no result file; `to submit`: the server file is written (VQAv2, VizWiz, MMBench); "
+             "`to judge (GPT-4)`: answers written for the GPT-4 judge (LLaVA-W, MM-Vet).",
+             "Metrics: " + "; ".join(f"{b.title} {b.metric}" for b in BENCHMARKS.values()) + "."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_report(results_dirs: list[str | Path], out: str | Path | None = None) -> str:
+    """The table for one or more result folders (one row each, named after the folder)."""
+    runs = {Path(d).name: load_results(d) for d in results_dirs}
+    text = markdown_table(runs)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return text
