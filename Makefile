@@ -19,7 +19,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,qlora]'
+	# DeepSpeed is an sdist that imports torch to build: build it against the venv's torch, with its CPU
+	# shared-memory op compiled now rather than at the first run (the scripts' tests run it on the CPU).
+	$(PIP) install -q setuptools wheel
+	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation -c constraints.txt deepspeed
 	$(PIP) install -q --no-deps -c constraints.txt $(LLAVA)
 	touch $(STAMP)
 
