@@ -30,6 +30,8 @@ PATCH_MODULES: tuple[str, ...] = (
     "generate_cache_position",
     "eval_device",
     "evaluation_strategy_flag",
+    "deepspeed_final_save",
+    "quantized_loading_kwargs",
 )
 
 REGISTRY = "__aligngpt_patches__"

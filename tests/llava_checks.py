@@ -21,6 +21,8 @@ PROBES = {
     "adapter_checkpoint_resume": "adapter_checkpoint_resume",
     "generate": "generate_cache_position",
     "llava_script_flags": "evaluation_strategy_flag",
+    "deepspeed_final_save": "deepspeed_final_save",
+    "qlora_loading": "quantized_loading_kwargs",
 }
 
 
@@ -123,6 +125,31 @@ def probe_llava_script_flags():
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     argv = rewrite_argv(["--output_dir", "unused", "--evaluation_strategy", "no", "--report_to", "none"])
     parser.parse_args_into_dataclasses(argv)
+
+
+def probe_deepspeed_final_save():
+    from llava.train.train import safe_save_model_for_hf_trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        t = trainer(out, adapter=False)
+        t.deepspeed = t.model  # what train() finds after DeepSpeed wrapped the model (any truthy engine)
+        safe_save_model_for_hf_trainer(trainer=t, output_dir=out)
+        assert os.path.isfile(os.path.join(out, "model.safetensors"))
+
+
+def probe_qlora_loading():
+    import torch
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from transformers import BitsAndBytesConfig
+
+    with tempfile.TemporaryDirectory() as out:
+        tiny_llava().save_pretrained(out)
+        # the kwargs LLaVA's train() passes for --bits 4
+        model = LlavaLlamaForCausalLM.from_pretrained(
+            out, device_map={"": "cpu"}, load_in_4bit=True, load_in_8bit=False,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["mm_projector"],
+                                                   bnb_4bit_compute_dtype=torch.float32))
+        assert type(model.get_model().layers[0].mlp.up_proj).__name__ == "Linear4bit"
 
 
 def run(names=None) -> dict:

@@ -40,6 +40,8 @@ BREAKAGES = {
     "adapter_checkpoint_resume": ("adapter_checkpoint_resume", "no trainer_state.json"),
     "generate": ("generate_cache_position", "cache_position"),
     "llava_script_flags": ("evaluation_strategy_flag", "evaluation_strategy"),
+    "deepspeed_final_save": ("deepspeed_final_save", "NVIDIA driver"),
+    "qlora_loading": ("quantized_loading_kwargs", "You can't pass `load_in_4bit`"),
 }
 
 

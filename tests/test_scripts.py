@@ -7,7 +7,6 @@ The tests run the scripts themselves (bash scripts/NAME.sh), not a copy of their
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import os
 import shlex
@@ -161,20 +160,6 @@ def test_shipped_deepspeed_configs(name):
 
 # ---- every script, end to end, in tiny mode ---------------------------------------------------------
 
-def deepspeed_saves_full_checkpoints_here() -> bool:
-    """LLaVA's final save of a full fine-tuning under DeepSpeed calls torch.cuda.synchronize(), which fails
-    without CUDA unless patches/ replaces it. Where it would fail, the full fine-tuning scripts run with
-    LAUNCHER=python (same arguments, no --deepspeed); LoRA, QLoRA and pre-training still go through DeepSpeed."""
-    if torch.cuda.is_available():
-        return True
-    from aligngpt_plugin.compat import prepare_llava
-
-    prepare_llava()
-    from llava.train import train as llava_train
-
-    return "cuda.synchronize" not in inspect.getsource(llava_train.safe_save_model_for_hf_trainer)
-
-
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory):
     """Every script once in tiny mode: pre-training first, then the four others side by side."""
@@ -183,13 +168,12 @@ def runs(tiny, tmp_path_factory):
                     "pip install -c constraints.txt deepspeed")
     out = tmp_path_factory.mktemp("scripts")
     base = {"ALIGNGPT_TINY": str(tiny.root), "CHECKPOINTS": str(out)}
-    full = {} if deepspeed_saves_full_checkpoints_here() else {"LAUNCHER": "python"}
     run_script("pretrain.sh", out / "pretrain.log", **base)
     jobs = {
-        "finetune.sh": {**base, **full},
+        "finetune.sh": {**base},
         "finetune_lora.sh": {**base, "MASTER_PORT": "29511"},
         "finetune_qlora.sh": {**base, "MASTER_PORT": "29512"},
-        "ablation.sh": {**base, **full, "ALIGN_LEVELS": "4", "ALIGN_MODE": "global", "MASTER_PORT": "29513"},
+        "ablation.sh": {**base, "ALIGN_LEVELS": "4", "ALIGN_MODE": "global", "MASTER_PORT": "29513"},
     }
     with ThreadPoolExecutor(max_workers=2) as pool:  # two cores: two runs at a time
         futures = [pool.submit(run_script, name, out / f"{name}.log", **env) for name, env in jobs.items()]
@@ -227,9 +211,8 @@ def test_finetune_script_gives_a_loadable_aligngpt_checkpoint(runs, llava_ready)
     assert torch.equal(model.alignment.level_embeddings.detach(),
                        levels_of(runs / "aligngpt-7b-pretrain" / "mm_projector.bin"))
     log = (runs / "finetune.sh.log").read_text()
-    if deepspeed_saves_full_checkpoints_here():
-        assert "zero3.json" in log
-        assert (out / "checkpoint-2" / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
+    assert "zero3.json" in log  # through DeepSpeed, also on the CPU (patches/deepspeed_final_save.py)
+    assert (out / "checkpoint-2" / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file()
 
 
 def test_lora_script_saves_adapter_gate_and_levels_with_zero3(runs):
