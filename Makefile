@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.aligngpt-installed
 LLAVA  := llava-torch==1.2.2.post1
+# lmms-eval's model code and its import-time needs (the full package pulls wandb, opencv, yt-dlp, ... for
+# its tasks); in their own folder, put on the path only by tests/test_lmms.py.
+LMMS   := lmms-eval loguru pytz evaluate datasets multiprocess pyarrow dill xxhash httpx
 
 .PHONY: install test lint demo clean
 
@@ -25,6 +28,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q setuptools wheel
 	DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation -c constraints.txt deepspeed
 	$(PIP) install -q --no-deps -c constraints.txt $(LLAVA)
+	rm -rf $(VENV)/lmms-eval
+	$(PIP) install -q --no-deps -c constraints.txt --target $(VENV)/lmms-eval $(LMMS)
 	touch $(STAMP)
 
 lint: $(STAMP)
