@@ -82,9 +82,11 @@ def finetune_args(fx: FixturePaths, projector: Path, out: Path, settings: StageS
             "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s), *extra]
 
 
-def run_module(module: str, args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args` in a fresh process; raises with the output's tail when it fails."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_module(module: str, args: list[str], log: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` in a fresh process (`env` added to ours); raises with the output's tail
+    when it fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +102,11 @@ def train(args: list[str], log: Path | None = None) -> subprocess.CompletedProce
 
 
 def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path | None = None,
-                     max_new_tokens: int = 8) -> Path:
-    """LLaVA's `model_vqa_loader` on the fixture questions, greedy, as LLaVA's eval scripts run it."""
+                     max_new_tokens: int = 8, gate_dump: Path | None = None) -> Path:
+    """LLaVA's `model_vqa_loader` on the fixture questions, greedy, as LLaVA's eval scripts run it.
+    `gate_dump`: append an AlignGPT model's gate weights there, one line per question."""
+    from aligngpt_plugin.loader import GATE_DUMP_ENV
+
     run_module("aligngpt_plugin.llava_eval", [
         "llava.eval.model_vqa_loader",
         "--model-path", str(model),
@@ -111,7 +116,7 @@ def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path | N
         "--temperature", "0",
         "--conv-mode", "vicuna_v1",
         "--max_new_tokens", str(max_new_tokens),
-    ], log)
+    ], log, env={GATE_DUMP_ENV: str(gate_dump)} if gate_dump else None)
     return answers
 
 
