@@ -69,14 +69,20 @@ class AlignGPTLlamaModel(LlavaLlamaModel):
                              "released AlignGPT projector with aligngpt-convert")
         with full_weights(list(self.alignment.parameters())):  # ZeRO-3 built them partitioned
             expected = dict(self.alignment.state_dict())
-            for key, value in found.items():
-                if key not in expected or expected[key].shape != value.shape:
-                    got = tuple(value.shape)
-                    want = tuple(expected[key].shape) if key in expected else None
-                    raise ValueError(f"{path}: alignment weight {key!r} has shape {got}, this model expects "
-                                     f"{want} (levels={self.alignment.num_levels}, gate_tokens="
-                                     f"{self.alignment.config.gate_tokens})")
-            self.alignment.load_state_dict(found, strict=False)
+            fitting = {k: v for k, v in found.items() if k in expected and expected[k].shape == v.shape}
+            misfits = sorted(set(found) - set(fitting))
+            if any(not k.startswith("gate.") for k in misfits):
+                key = next(k for k in misfits if not k.startswith("gate."))
+                want = tuple(expected[key].shape) if key in expected else None
+                raise ValueError(f"{path}: alignment weight {key!r} has shape {tuple(found[key].shape)}, this "
+                                 f"model expects {want} (--align_levels {self.alignment.num_levels}): pre-train "
+                                 "with the same number of levels")
+            if misfits:
+                # stage 1 never trains the gate: a gate of another shape (other --align_gate_* options in
+                # stage 2) starts fresh instead of from stage 1's initial values
+                print(f"[aligngpt] {path}: the gate there has another shape ({', '.join(misfits)}); "
+                      "stage 2 starts a fresh gate (stage 1 does not train it)", flush=True)
+            self.alignment.load_state_dict(fitting, strict=False)
 
     def _init_weights(self, module):
         # from_pretrained on a plain Llama checkpoint initialises missing weights through the inner

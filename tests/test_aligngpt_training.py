@@ -106,3 +106,23 @@ def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, a
     assert not any("alignment" in k for k in a)
     # and the flag does change the run: the alignment token is in the sequence
     assert pipeline.logged_losses(aligngpt_runs[1]) != plugin
+
+
+def test_gate_options_reach_the_model_through_train(aligngpt_runs, tiny, tmp_path):
+    """`--align_*` options on LLaVA's command line: any-length (pooled) gate input, prompt-only gate text,
+    a narrower gate; stage 2 starts from the default stage 1 (levels load, the differently shaped gate
+    is built fresh) and the checkpoint remembers the options."""
+    import json
+
+    _, pre, _ = aligngpt_runs
+    ft = tmp_path / "aligngpt-pooled"
+    options = (*FLAG, "--align_gate_input", "pooled", "--align_gate_text", "prompt", "--align_gate_hidden_size", "32")
+    pipeline.train(pipeline.finetune_args(tiny, pre / "mm_projector.bin", ft, pipeline.StageSettings(
+        max_steps=2, learning_rate=2e-5, save_steps=1000), extra=options), log=tmp_path / "ft.log")
+    alignment = json.loads((ft / "config.json").read_text())["alignment"]
+    assert (alignment["gate_input"], alignment["gate_text"], alignment["gate_hidden_size"]) == ("pooled", "prompt", 32)
+    weights = load_file(ft / "model.safetensors")
+    assert weights["model.alignment.gate.0.weight"].shape == (32, 576)  # pooled: any length averaged to 576
+    assert "stage 2 starts a fresh gate" in (tmp_path / "ft.log").read_text()
+    stage1 = torch.load(pre / "mm_projector.bin", weights_only=True)
+    assert torch.equal(weights["model.alignment.level_embeddings"], stage1["model.alignment.level_embeddings"])

@@ -251,3 +251,32 @@ def test_fast_path_equals_general_insertion():
                                tokens, torch.tensor([True, True, True, False]), left_padded=False)
     for a, b in zip(fast, general):
         assert torch.equal(a, b[:3])
+
+
+def test_stage2_loads_levels_refuses_other_level_counts_and_refits_other_gates(tiny, tmp_path, capsys):
+    """`--pretrain_mm_mlp_adapter`: levels and a same-shaped gate load; another N is an error naming the
+    file; another gate shape (stage 1 never trains the gate) starts fresh, with a note."""
+    stage1 = build(tiny, stage="pretrain")
+    saved = {f"model.{k}": v for k, v in stage1.get_model().state_dict().items()
+             if k.startswith(("mm_projector.", "alignment."))}
+    path = tmp_path / "mm_projector.bin"
+    torch.save(saved, path)
+
+    def stage2(**alignment):
+        model = build(tiny, **alignment)
+        model.get_model().initialize_vision_modules(SimpleNamespace(
+            vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+            pretrain_mm_mlp_adapter=str(path), mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+        return model.get_model().alignment
+
+    same = stage2(num_levels=8)
+    assert torch.equal(same.level_embeddings, saved["model.alignment.level_embeddings"])
+    assert torch.equal(same.gate[0].weight, saved["model.alignment.gate.0.weight"])
+
+    with pytest.raises(ValueError, match=r"mm_projector.bin: alignment weight 'level_embeddings' .*--align_levels 4"):
+        stage2(num_levels=4)
+
+    narrow = stage2(num_levels=8, gate_hidden_size=32)
+    assert torch.equal(narrow.level_embeddings, saved["model.alignment.level_embeddings"])
+    assert narrow.gate[0].weight.shape == (32, 576)
+    assert "starts a fresh gate" in capsys.readouterr().out
