@@ -32,7 +32,7 @@ LEVELS = 8
 
 
 def run(out: Path, pretrain_epochs: float = 3, finetune_epochs: float = 3, levels: int = LEVELS) -> dict:
-    out = Path(out)
+    out = Path(out).resolve()  # checkpoints record the fixture paths: absolute, they load from anywhere
     logs = out / "logs"
     started = time.time()
     summary: dict = {"align_levels": levels}

@@ -1,9 +1,10 @@
-"""lmms-eval: `--model aligngpt` is found through the plugin's entry point and evaluates an AlignGPT
-checkpoint with lmms-eval's own LLaVA model code.
+"""lmms-eval: `lmms-eval --model aligngpt` finds the model through the plugin's entry point and scores an
+AlignGPT checkpoint on a POPE-format task with lmms-eval's own POPE code, offline.
 
-lmms-eval is installed by the Makefile into its own folder (`.venv/lmms-eval`, its model code and what
-that imports), not into the venv: its `datasets` would otherwise be imported by every Trainer. So the
-check runs in a subprocess with that folder on the path, as `lmms-eval` would run.
+The Makefile installs lmms-eval (its CLI and what that imports; not its task extras) into its own folder,
+`.venv/lmms-eval`, rather than the venv: its `datasets` would otherwise be imported by every Trainer. So
+the CLI runs in a subprocess with that folder on the path. The task is lmms-eval's POPE task pointed at a
+dataset saved to disk (`load_from_disk`), the way lmms-eval runs offline.
 """
 
 from __future__ import annotations
@@ -19,22 +20,39 @@ import pytest
 
 LMMS_DIR = Path(os.environ.get("ALIGNGPT_LMMS_EVAL_DIR", Path(sys.prefix) / "lmms-eval"))
 
-SCRIPT = r"""
+BUILD_DATASET = r"""
 import json, sys
-from PIL import Image
-from lmms_eval.api.instance import Instance
-from lmms_eval.models import get_model, list_available_models
+import datasets
+rows, out = json.loads(sys.argv[1]), sys.argv[2]
+test = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+datasets.DatasetDict({"test": test}).save_to_disk(out)
+"""
 
-checkpoint, images = sys.argv[1], sys.argv[2:]
-assert "aligngpt" in list_available_models(), "aligngpt not among lmms-eval's models"
-cls = get_model("aligngpt")  # what `lmms-eval --model aligngpt` resolves
-lm = cls(pretrained=checkpoint, conv_template="vicuna_v1")
-lm.task_dict = {"colours": {"test": [{"image": Image.open(p).convert("RGB")} for p in images]}}
-requests = [Instance("generate_until", ("<image>\nWhat colour is the shape?", {"max_new_tokens": 8, "until": ["</s>"]},
-                                        lambda doc: [doc["image"]], i, "colours", "test"),
-                     idx=0, metadata={"task": "colours", "doc_id": i, "repeats": 1}) for i in range(len(images))]
-print("RESULT " + json.dumps({"class": f"{cls.__module__}.{cls.__name__}", "model": type(lm.model).__name__,
-                              "answers": lm.generate_until(requests)}))
+TASK = """task: pope_local
+dataset_path: {dataset}
+dataset_kwargs:
+  load_from_disk: True
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.pope_doc_to_visual
+doc_to_text: !function utils.pope_doc_to_text
+doc_to_target: "answer"
+generation_kwargs:
+  max_new_tokens: 8
+  temperature: 0
+  do_sample: false
+process_results: !function utils.pope_process_results
+metric_list:
+  - metric: pope_accuracy
+    aggregation: !function utils.pope_aggregate_accuracy
+    higher_is_better: true
+  - metric: pope_f1_score
+    aggregation: !function utils.pope_aggregate_f1_score
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: "\\nAnswer the question using a single word or phrase."
 """
 
 
@@ -54,18 +72,35 @@ def test_entry_point_is_declared():
     assert CLASS_PATH == "aligngpt_plugin.lmms_model.AlignGPT"
 
 
-def test_lmms_eval_model_aligngpt_generates_and_dumps_gates(tiny, checkpoint, tmp_path):
+def test_lmms_eval_cli_scores_an_aligngpt_checkpoint(tiny, checkpoint, tmp_path):
     assert (LMMS_DIR / "lmms_eval").is_dir(), f"lmms-eval is not installed in {LMMS_DIR}: run `make install`"
-    images = [str(tiny.images / q["file"]) for q in eval_data.pictures(tiny, n=2)]
-    gates = tmp_path / "gates.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LMMS_DIR), os.environ.get("PYTHONPATH", "")]),
-           "ALIGNGPT_GATE_DUMP": str(gates), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(checkpoint), *images], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert result["class"] == "aligngpt_plugin.lmms_model.AlignGPT"
-    assert result["model"] == "AlignGPTLlamaForCausalLM"
-    assert result["answers"] == ["Yes", "Yes"]  # eval_data.answer_yes_then_stop
-    rows = [json.loads(line)["gate_weights"] for line in gates.read_text().splitlines()]
-    assert len(rows) == 2 and all(abs(sum(w) - 1) < 1e-3 for w in rows)
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "ALIGNGPT_GATE_DUMP": str(tmp_path / "gates.jsonl")}
+
+    rows = []  # per picture: its shape (label yes) and a dog (label no)
+    for p in eval_data.pictures(tiny, n=2):
+        for label, thing in (("yes", p["shape"]), ("no", "dog")):
+            rows.append({"question_id": str(len(rows)), "question": f"Is there a {thing} in the image?",
+                         "answer": label, "category": "random", "image": str(tiny.images / p["file"])})
+    subprocess.run([sys.executable, "-c", BUILD_DATASET, json.dumps(rows), str(tmp_path / "dataset")],
+                   env=env, check=True, capture_output=True)
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "pope_local.yaml").write_text(TASK.format(dataset=tmp_path / "dataset"))
+    (task / "utils.py").write_text("from lmms_eval.tasks.pope.utils import *  # noqa: F401,F403\n")
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "aligngpt", "--model_args", f"pretrained={checkpoint}",
+         "--tasks", "pope_local", "--include_path", str(task), "--batch_size", "1",
+         "--output_path", str(tmp_path / "out"), "--log_samples"],
+        env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    [results_file] = (tmp_path / "out").rglob("*_results.json")
+    results = json.loads(results_file.read_text())["results"]["pope_local"]
+    # the checkpoint answers "Yes" to everything (eval_data.answer_yes_then_stop): 2 of 4 right;
+    # TP 2, FP 2, FN 0 -> precision 1/2, recall 1, F1 2/3
+    assert results["pope_accuracy,none"] == pytest.approx(0.5)
+    assert results["pope_f1_score,none"] == pytest.approx(2 / 3)
+    gates = [json.loads(line)["gate_weights"] for line in (tmp_path / "gates.jsonl").read_text().splitlines()]
+    assert len(gates) == 4 and all(abs(sum(w) - 1) < 1e-3 for w in gates)  # the gate ran on every question
