@@ -71,11 +71,9 @@ def enable_lora_support(llava_train) -> None:
 
 
 def quantized_loading_kwargs(kwargs: dict) -> dict:
-    """LLaVA's `from_pretrained` kwargs for `--bits 4/8`, fixed for AlignGPT and today's transformers.
-
-    The bitsandbytes config also skips the alignment module (levels and gate stay unquantised), and the
-    `load_in_4bit` / `load_in_8bit` kwargs LLaVA passes beside `quantization_config` are dropped: the
-    config already says so, and transformers >= 4.38 refuses both at once.
+    """LLaVA's `from_pretrained` kwargs for `--bits 4/8`, with the alignment module (levels and gate) added
+    to the modules bitsandbytes skips, so they stay unquantised. (The `load_in_4bit` / `load_in_8bit`
+    kwargs LLaVA also passes are dropped by `patches/quantized_loading_kwargs.py`.)
     """
     quant = kwargs.get("quantization_config")
     if quant is None or not hasattr(quant, "llm_int8_skip_modules"):
@@ -83,7 +81,7 @@ def quantized_loading_kwargs(kwargs: dict) -> dict:
     skip = list(quant.llm_int8_skip_modules or [])
     if ALIGNMENT_MODULE not in skip:
         quant.llm_int8_skip_modules = [*skip, ALIGNMENT_MODULE]
-    return {k: v for k, v in kwargs.items() if k not in ("load_in_4bit", "load_in_8bit")}
+    return kwargs
 
 
 def read_non_lora_weights(adapter_dir: str | Path) -> dict:
