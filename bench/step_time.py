@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
                 peaks[name] = max(peaks[name], peak)
     result = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "setup": {k: v for k, v in vars(args).items()},
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "median_step_s": {k: statistics.median(v) for k, v in times.items()},
         "peak_memory_bytes": peaks,
     }
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["memory_ratio"] = peaks["aligngpt"] / peaks["llava"]
     print(json.dumps(result, indent=1))
     print(f"AlignGPT / LLaVA step time: {result['time_ratio']:.3f} (goal < 1.02)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
