@@ -131,6 +131,17 @@ def write_tiny_llm(out: Path, spec: FixtureSpec) -> Path:
     return out
 
 
+def vision_module_args(clip: str | Path, pretrain_mm_mlp_adapter: str | Path | None = None):
+    """The `model_args` LLaVA's `initialize_vision_modules` reads, as LLaVA-1.5's scripts set them
+    (CLIP's second-last layer, patch tokens, the 2-layer GELU projector) for the vision tower `clip`."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        vision_tower=str(clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None if pretrain_mm_mlp_adapter is None else str(pretrain_mm_mlp_adapter),
+        mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
+
+
 def write_tiny_clip(out: Path, spec: FixtureSpec) -> Path:
     """A random-init CLIPModel (text and vision, like openai/clip-vit-large-patch14-336) and its processor."""
     import torch

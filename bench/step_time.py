@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -31,14 +30,13 @@ def build_pair(args, folder: Path):
     prepare_llava()
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
-    from aligngpt_plugin.fixtures import FixtureSpec, write_tiny_clip, write_tiny_llm
+    from aligngpt_plugin.fixtures import FixtureSpec, vision_module_args, write_tiny_clip, write_tiny_llm
     from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     spec = FixtureSpec(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                        vision_hidden_size=args.vision_hidden, vision_layers=args.vision_layers)
     llm, clip = write_tiny_llm(folder / "llm", spec), write_tiny_clip(folder / "clip", spec)
-    vision = SimpleNamespace(vision_tower=str(clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-                             pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
+    vision = vision_module_args(clip)
     dtype = getattr(torch, args.dtype)
     llava = LlavaLlamaForCausalLM.from_pretrained(llm, torch_dtype=dtype, attn_implementation=args.attn)
     llava.get_model().initialize_vision_modules(vision)

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -75,6 +74,7 @@ def build_pair(args, shape: dict, folder: Path):
     prepare_llava()
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
+    from aligngpt_plugin.fixtures import vision_module_args
     from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     dtype = getattr(torch, args.dtype)
@@ -82,8 +82,7 @@ def build_pair(args, shape: dict, folder: Path):
     values = dict(vocab_size=32000, hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
                   num_hidden_layers=args.layers, num_attention_heads=shape["heads"],
                   num_key_value_heads=shape["heads"], max_position_embeddings=4096, tie_word_embeddings=False)
-    vision = SimpleNamespace(vision_tower=str(clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-                             pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
+    vision = vision_module_args(clip)
     torch.manual_seed(0)
     with torch.device(args.device):
         llava = LlavaLlamaForCausalLM(LlavaConfig(**values, attn_implementation=args.attn)).to(dtype)

@@ -10,7 +10,6 @@ import base64
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 SHORT = "Answer the question using a single word or phrase."
 
@@ -141,20 +140,10 @@ def torch_no_grad(fn):
 
 def write_tiny_checkpoint(tiny, out: Path, **alignment) -> Path:
     """A loadable AlignGPT checkpoint (random projector and gate) as LLaVA's fine-tuning would save it."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
+    from tiny_models import tiny_aligngpt
+    from transformers import AutoTokenizer
 
-    import aligngpt_plugin.compat  # noqa: F401
-    from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
-
-    base = AutoConfig.from_pretrained(tiny.llm).to_dict()
-    base.pop("model_type", None)
-    config = AlignGPTConfig(alignment=alignment, **base)
-    torch.manual_seed(0)
-    model = AlignGPTLlamaForCausalLM.from_pretrained(tiny.llm, config=config)
-    model.get_model().initialize_vision_modules(SimpleNamespace(
-        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model = tiny_aligngpt(tiny, **alignment)
     model.config.update({"tune_mm_mlp_adapter": False, "mm_use_im_start_end": False,
                          "mm_use_im_patch_token": False, "image_aspect_ratio": "pad",
                          "tokenizer_padding_side": "right", "tokenizer_model_max_length": 2048})

@@ -91,15 +91,13 @@ def test_orthogonal_pursuit_recovers_a_sparse_combination_of_random_words():
 def stage1_folder(tiny, folder, colour_word):
     """A pre-training folder (config + mm_projector.bin) whose projector sends every patch to the input
     embedding of `colour_word`: a checkpoint whose alignment is known."""
-    from types import SimpleNamespace
-
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from transformers import AutoTokenizer
 
+    from aligngpt_plugin.fixtures import vision_module_args
+
     model = LlavaLlamaForCausalLM.from_pretrained(tiny.llm)
-    model.get_model().initialize_vision_modules(SimpleNamespace(
-        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model.get_model().initialize_vision_modules(vision_module_args(tiny.clip))
     tok = AutoTokenizer.from_pretrained(tiny.llm, use_fast=False)
     (word,) = tok(colour_word, add_special_tokens=False).input_ids
     last = model.get_model().mm_projector[2]

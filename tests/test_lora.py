@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import tiny_aligngpt
 
 import aligngpt_plugin.compat  # noqa: F401  (patches first)
 from aligngpt_plugin import lora
@@ -18,17 +19,7 @@ LLM_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj"
 
 
 def build(tiny):
-    from transformers import AutoConfig
-
-    from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
-
-    base = AutoConfig.from_pretrained(tiny.llm).to_dict()
-    base.pop("model_type", None)
-    torch.manual_seed(0)
-    model = AlignGPTLlamaForCausalLM.from_pretrained(tiny.llm, config=AlignGPTConfig(alignment={}, **base))
-    model.get_model().initialize_vision_modules(SimpleNamespace(
-        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model = tiny_aligngpt(tiny)
     model.config.tune_mm_mlp_adapter = False
     return model
 

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from PIL import Image
+from tiny_models import tiny_aligngpt
 
 import aligngpt_plugin.compat  # noqa: F401  (patches first)
+from aligngpt_plugin.fixtures import vision_module_args
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 
 
 def build(tiny, stage="finetune", padding="right", **alignment):
-    from transformers import AutoConfig
-
-    from aligngpt_plugin.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
-
-    base = AutoConfig.from_pretrained(tiny.llm).to_dict()
-    base.pop("model_type", None)
-    config = AlignGPTConfig(alignment=alignment, **base)
-    torch.manual_seed(0)
-    model = AlignGPTLlamaForCausalLM.from_pretrained(tiny.llm, config=config)
-    model.get_model().initialize_vision_modules(SimpleNamespace(
-        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model = tiny_aligngpt(tiny, **alignment)
     model.config.tune_mm_mlp_adapter = stage == "pretrain"
     model.config.tokenizer_padding_side = padding
     return model
@@ -264,9 +253,7 @@ def test_stage2_loads_levels_refuses_other_level_counts_and_refits_other_gates(t
 
     def stage2(**alignment):
         model = build(tiny, **alignment)
-        model.get_model().initialize_vision_modules(SimpleNamespace(
-            vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-            pretrain_mm_mlp_adapter=str(path), mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+        model.get_model().initialize_vision_modules(vision_module_args(tiny.clip, pretrain_mm_mlp_adapter=path))
         return model.get_model().alignment
 
     same = stage2(num_levels=8)

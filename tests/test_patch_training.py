@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aligngpt_plugin import pipeline
+from aligngpt_plugin.fixtures import vision_module_args
 from aligngpt_plugin.patch_labels import PatchLabelError
 from aligngpt_plugin.patch_training import PatchAlignmentSettings, split_patch_alignment_args
 
@@ -110,9 +111,7 @@ def pretraining_model(tiny, levels: int | None):
     torch.manual_seed(0)
     cls = aligngpt_loader(AlignmentConfig(num_levels=levels)) if levels else LlavaLlamaForCausalLM
     model = cls.from_pretrained(tiny.llm)
-    model.get_model().initialize_vision_modules(SimpleNamespace(
-        vision_tower=str(tiny.clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu"))
+    model.get_model().initialize_vision_modules(vision_module_args(tiny.clip))
     model.config.tune_mm_mlp_adapter = True
     model.config.tokenizer_padding_side = "right"
     model.config.use_cache = False
