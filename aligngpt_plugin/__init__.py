@@ -1,0 +1,13 @@
+"""AlignGPT's alignment levels and patch-aligned projector training as a plugin for LLaVA.
+
+Importing the package registers the AlignGPT config types with transformers' Auto classes, so that
+`AutoModelForCausalLM.from_pretrained(checkpoint)` gives the AlignGPT model back (see
+`aligngpt_plugin.configuration`); nothing else is imported until it is used.
+"""
+
+from importlib.util import find_spec
+
+if find_spec("transformers") is not None:
+    from aligngpt_plugin.configuration import register as _register
+
+    _register()

@@ -10,8 +10,13 @@ decides instead:
   full checkpoint, a LoRA checkpoint (`adapter_config.json` + `non_lora_trainables.bin`, with
   `model_base`) and a projector-only checkpoint (`mm_projector.bin`, with `model_base`);
 - `model_type: llava_llama`: LLaVA's multimodal path whatever the folder is called;
-- `model_type: aligngpt` (the released checkpoints): a clear error pointing at `aligngpt-convert`;
+- `model_type: aligngpt` (the released checkpoints, local or on the hub): a clear error pointing at
+  `aligngpt-convert`;
 - anything else: LLaVA's loader unchanged.
+
+A projector-only AlignGPT checkpoint (stage 1: `mm_projector.bin` with `--model-base`) has no trained
+gate; it generates with the alignment token of one level, as in pre-training: the highest (the best
+aligned captions), or `ALIGNGPT_EVAL_LEVEL=k`.
 
 Everything else (tokenizer, image processor, dtype, devices, quantisation) is LLaVA's own code. With
 `ALIGNGPT_GATE_DUMP=FILE` set, every `generate` of a loaded AlignGPT model appends the gate's weights
@@ -28,8 +33,10 @@ import os
 import re
 from pathlib import Path
 
+from aligngpt_plugin.configuration import MODEL_TYPE, RELEASED_MODEL_TYPE, convert_hint
+
 GATE_DUMP_ENV = "ALIGNGPT_GATE_DUMP"
-RELEASED_MODEL_TYPE = "aligngpt"
+EVAL_LEVEL_ENV = "ALIGNGPT_EVAL_LEVEL"
 
 
 def checkpoint_model_type(model_path: str) -> str | None:
@@ -39,10 +46,10 @@ def checkpoint_model_type(model_path: str) -> str | None:
         return json.loads(config.read_text()).get("model_type")
     if Path(model_path).exists():
         return None
-    try:  # a hub id: the config is small and cached like every other file LLaVA loads
-        from transformers import AutoConfig
+    try:  # a hub id: the raw config (no class lookup, so unregistered model types are read too)
+        from transformers import PretrainedConfig
 
-        return AutoConfig.from_pretrained(model_path).model_type
+        return PretrainedConfig.get_config_dict(model_path)[0].get("model_type")
     except Exception:  # noqa: BLE001 - unknown or unreachable: LLaVA's own loader decides
         return None
 
@@ -57,13 +64,28 @@ def routed_model_name(model_name: str, model_path: str) -> str:
 
 
 @contextlib.contextmanager
-def _llava_class(builder, cls):
-    saved = builder.LlavaLlamaForCausalLM
+def _llava_class(builder, cls, loaded_after: list[str]):
+    """LLaVA's builder with `cls` as its model class; weights in `loaded_after` are not reported missing
+    while the base LLM loads (LLaVA loads them from the checkpoint's mm_projector.bin right after)."""
+    saved, ignored = builder.LlavaLlamaForCausalLM, cls._keys_to_ignore_on_load_missing
     builder.LlavaLlamaForCausalLM = cls
+    cls._keys_to_ignore_on_load_missing = [*(ignored or []), *(f"^{re.escape(k)}$" for k in loaded_after)]
     try:
         yield
     finally:
-        builder.LlavaLlamaForCausalLM = saved
+        builder.LlavaLlamaForCausalLM, cls._keys_to_ignore_on_load_missing = saved, ignored
+
+
+def projector_file_keys(model_path: str, model_base: str | None) -> list[str]:
+    """What a projector-only checkpoint (stage 1: mm_projector.bin, loaded with a base LLM) brings; its
+    gate too, whether there or not: a stage-1 model generates without one (see `aligngpt_aware`)."""
+    path = Path(model_path)
+    if model_base is None or not (path / "mm_projector.bin").is_file() or (path / "adapter_config.json").is_file():
+        return []
+    import torch
+
+    keys = list(torch.load(path / "mm_projector.bin", map_location="cpu", weights_only=True, mmap=True))
+    return keys + [f"model.alignment.gate.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
 
 
 def dump_gate_weights(model, path: str | Path) -> None:
@@ -94,18 +116,22 @@ def aligngpt_aware(load):
 
         model_type = checkpoint_model_type(model_path)
         if model_type == RELEASED_MODEL_TYPE:
-            raise ValueError(
-                f"{model_path} is a released AlignGPT checkpoint (model_type 'aligngpt'); convert it once with "
-                f"`aligngpt-convert to-plugin {model_path} OUT_DIR` and load OUT_DIR")
-        if model_type not in ("aligngpt_llava", "llava_llama"):
+            raise ValueError(convert_hint(model_path))
+        if model_type not in (MODEL_TYPE, "llava_llama"):
             return load(model_path, model_base, model_name, *args, **kwargs)
         name = routed_model_name(model_name, model_path)
         if model_type == "llava_llama":
             return load(model_path, model_base, name, *args, **kwargs)
         from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
 
-        with _llava_class(builder, AlignGPTLlamaForCausalLM):
+        with _llava_class(builder, AlignGPTLlamaForCausalLM, projector_file_keys(model_path, model_base)):
             tokenizer, model, processor, context_len = load(model_path, model_base, name, *args, **kwargs)
+        if model.stage == "pretrain":
+            level = int(os.environ.get(EVAL_LEVEL_ENV, model.alignment.num_levels - 1))
+            model.use_fixed_level(level)
+            print(f"[aligngpt] {model_path} is a pre-training (stage 1) checkpoint, which has no trained gate: "
+                  f"it generates with the token of level {level} of 0..{model.alignment.num_levels - 1} "
+                  f"({EVAL_LEVEL_ENV}=k for another)", flush=True)
         if os.environ.get(GATE_DUMP_ENV):
             dump_gate_weights(model, os.environ[GATE_DUMP_ENV])
         return tokenizer, model, processor, context_len

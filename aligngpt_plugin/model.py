@@ -19,31 +19,18 @@ inference; `generate` runs the gate on the prompt at prefill and reuses the KV c
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM, LlavaLlamaModel
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM, LlavaLlamaModel
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, AlignmentOutput, full_weights, masked_mean
+from aligngpt_plugin.alignment import AlignmentModule, AlignmentOutput, full_weights, masked_mean
+from aligngpt_plugin.configuration import MODEL_TYPE, AlignGPTConfig, register
 
-MODEL_TYPE = "aligngpt_llava"
-
-
-class AlignGPTConfig(LlavaConfig):
-    """LLaVA-Llama's config plus `alignment`, the AlignmentConfig as a dict (validated on load)."""
-
-    model_type = MODEL_TYPE
-
-    def __init__(self, alignment: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.alignment = AlignmentConfig.from_dict(alignment or {}).to_dict()
-
-    @property
-    def alignment_config(self) -> AlignmentConfig:
-        return AlignmentConfig.from_dict(self.alignment)
+__all__ = ["MODEL_TYPE", "AlignGPTConfig", "AlignGPTLlamaForCausalLM", "AlignGPTLlamaModel", "AlignGPTOutput"]
 
 
 class AlignGPTLlamaModel(LlavaLlamaModel):
@@ -82,6 +69,9 @@ class AlignGPTLlamaModel(LlavaLlamaModel):
                 # stage 2) starts fresh instead of from stage 1's initial values
                 print(f"[aligngpt] {path}: the gate there has another shape ({', '.join(misfits)}); "
                       "stage 2 starts a fresh gate (stage 1 does not train it)", flush=True)
+            elif not any(k.startswith("gate.") for k in fitting):
+                print(f"[aligngpt] {path} holds no gate (as the public code's stage 1 saves it); stage 2 starts "
+                      "a fresh gate", flush=True)
             self.alignment.load_state_dict(fitting, strict=False)
 
     def _init_weights(self, module):
@@ -116,6 +106,9 @@ def _room_for_one_token(config):
 
 class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
     config_class = AlignGPTConfig
+    # LLaVA saves the (frozen) CLIP tower with the model but builds it from `mm_vision_tower` when it
+    # loads, unless the tower was trained (`unfreeze_mm_vision_tower`): then these weights load
+    _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\."]
 
     def __init__(self, config: AlignGPTConfig):
         super(LlamaForCausalLM, self).__init__(config)  # as LLaVA: skip LlamaForCausalLM's own model
@@ -141,6 +134,14 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
             module.reset_parameters()
         else:
             super()._init_weights(module)
+
+    def use_fixed_level(self, level: int) -> None:
+        """Generate with the token of one level, `E[level]`, as in pre-training: what a stage-1 model
+        (no trained gate) can be evaluated with. Switches the model to inference."""
+        alignment = replace(self.alignment.config, mode="fixed_level", fixed_level=level)  # validates the level
+        self.alignment.config = alignment
+        self.config.alignment = alignment.to_dict()
+        self.config.tune_mm_mlp_adapter = False
 
     # LLaVA encodes the images inside prepare_inputs_labels_for_multimodal; the gate needs the same
     # projected image tokens, so they are kept here for the one call that follows instead of encoding twice.
@@ -297,5 +298,5 @@ def real_positions(valid: torch.Tensor) -> torch.Tensor:
     return ((valid.long().cumsum(1) - 1).clamp(min=0)) * valid.long()
 
 
-AutoConfig.register(MODEL_TYPE, AlignGPTConfig)
+register()
 AutoModelForCausalLM.register(AlignGPTConfig, AlignGPTLlamaForCausalLM)

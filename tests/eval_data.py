@@ -154,6 +154,17 @@ def write_tiny_checkpoint(tiny, out: Path, **alignment) -> Path:
     return out
 
 
+def write_converted_checkpoint(tiny, out: Path) -> Path:
+    """`write_tiny_checkpoint`'s model as a user of the released checkpoints has it: written in the
+    released layout (aligngpt-convert from-plugin) and converted to `out` (to-plugin)."""
+    from aligngpt_plugin.convert import main
+
+    ours = write_tiny_checkpoint(tiny, out.with_name(out.name + "-ours"))
+    assert main(["from-plugin", str(ours), str(out.with_name(out.name + "-released"))]) == 0
+    assert main(["to-plugin", str(out.with_name(out.name + "-released")), str(out)]) == 0
+    return out
+
+
 @torch_no_grad
 def answer_yes_then_stop(model, tokenizer) -> None:
     """Make greedy decoding answer "Yes" and stop, whatever the prompt: with every layer's output zeroed

@@ -175,8 +175,9 @@ def test_gate_summary_and_heatmap(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny, tmp_path_factory):
-    # a folder name without 'llava' and with 'lora' in it: LLaVA would load it as a plain LM or a LoRA
-    return eval_data.write_tiny_checkpoint(tiny, tmp_path_factory.mktemp("ckpt") / "aligngpt-tiny-lora-free")
+    # a folder name without 'llava' and with 'lora' in it: LLaVA would load it as a plain LM or a LoRA;
+    # converted from the released layout, as a user of the released checkpoints has it
+    return eval_data.write_converted_checkpoint(tiny, tmp_path_factory.mktemp("ckpt") / "aligngpt-tiny-lora-free")
 
 
 def test_llava_loader_recognises_aligngpt_by_config(checkpoint, tmp_path):
@@ -227,7 +228,9 @@ def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
     eval_data.write_mmbench(tiny, eval_dir)
     eval_data.write_mme(tiny, eval_dir)
 
-    run_script("pope", checkpoint, eval_dir, results, chunks=2)  # two chunks, merged in question order
+    log = run_script("pope", checkpoint, eval_dir, results, chunks=2)  # two chunks, merged in question order
+    for report in ("were not used", "newly initialized", "not initialized"):  # every weight found its place
+        assert report not in log.stdout + log.stderr
     for name in ("sqa", "textvqa", "mmbench", "mme"):
         run_script(name, checkpoint, eval_dir, results)
 

@@ -58,8 +58,9 @@ lmms_eval_specific_kwargs:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny, tmp_path_factory):
-    # no 'llava' in the name: lmms-eval's own `llava` model would load it as a plain language model
-    return eval_data.write_tiny_checkpoint(tiny, tmp_path_factory.mktemp("lmms") / "aligngpt-tiny")
+    # converted from the released layout, as a user of the released checkpoints has it; no 'llava' in the
+    # name: lmms-eval's own `llava` model would load it as a plain language model
+    return eval_data.write_converted_checkpoint(tiny, tmp_path_factory.mktemp("lmms") / "aligngpt-tiny")
 
 
 def test_entry_point_is_declared():
@@ -96,6 +97,8 @@ def test_lmms_eval_cli_scores_an_aligngpt_checkpoint(tiny, checkpoint, tmp_path)
          "--output_path", str(tmp_path / "out"), "--log_samples"],
         env=env, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for report in ("were not used", "newly initialized", "not initialized"):  # every weight found its place
+        assert report not in proc.stdout + proc.stderr
     [results_file] = (tmp_path / "out").rglob("*_results.json")
     results = json.loads(results_file.read_text())["results"]["pope_local"]
     # the checkpoint answers "Yes" to everything (eval_data.answer_yes_then_stop): 2 of 4 right;
