@@ -8,6 +8,7 @@
 # 2. ZeRO-2 pre-training and ZeRO-3 fine-tuning throughput on the slice: tokens/s, MFU, peak memory, ratio
 #    (goal: MFU >= 40% on H100 in fine-tuning)
 # 3. aligngpt-score images/s with ViT-L/14-336 and JPEG decoding (goal: >= 1,000 images/s on one H100)
+# 4. a converted released checkpoint (tiny) in bf16 on CUDA against fp32 on the CPU
 set -euo pipefail
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
@@ -26,3 +27,4 @@ run pretrain_zero2 python3 bench/train_throughput.py --shape 7b-slice --stage pr
 run finetune_zero3 python3 bench/train_throughput.py --shape 7b-slice --stage finetune --zero 3 \
     --json "$out/finetune_zero3.json"
 run score_vit_l14_336 python3 bench/score_throughput.py --model ViT-L-14-336 --json "$out/score_vit_l14_336.json"
+run released_bf16 python3 bench/released_bf16.py --device cuda --json "$out/released_bf16.json"
