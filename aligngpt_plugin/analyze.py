@@ -6,7 +6,7 @@
 `--model` is a full LLaVA or AlignGPT checkpoint folder, or a pre-training output folder (LLaVA's stage 1:
 `config.json` + `mm_projector.bin`) with `--model-base` the LLM it was trained on. Images come from a
 LLaVA data file (`--data`, records with `image` and, where available, `patch_labels` as in training; see
-aligngpt_plugin.patch_labels) or from a folder (`--images`, no labels). Each image goes through the
+aligngpt_plugin.core.patch_geometry) or from a folder (`--images`, no labels). Each image goes through the
 checkpoint's own preprocessing (LLaVA's `process_images`) and vision tower.
 
 Writes `report.json` (per image and aggregate) and plots under `--out`:
@@ -28,330 +28,13 @@ at least two, with or without the word-start marker); `--vocab all` uses every t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aligngpt_plugin.alignment_metrics import (
-    label_precision,
-    matching_pursuit,
-    nearest_words,
-    spectrum,
-)
-from aligngpt_plugin.patch_labels import parse_record_labels, patch_targets, preprocess_geometry
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    image_processor: object
-    source: str
-
-
-def _is_stage1_folder(path: Path) -> bool:
-    return (path / "mm_projector.bin").is_file() and not any(
-        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                                       "pytorch_model.bin.index.json"))
-
-
-def load_checkpoint(model_path: str | Path, model_base: str | None = None, vision_tower: str | None = None,
-                    device: str = "cpu") -> LoadedModel:
-    """A LLaVA/AlignGPT model with its vision tower loaded, from a full checkpoint folder or a stage-1
-    folder (`mm_projector.bin`) on top of `model_base`.
-
-    Loads through the classes LLaVA (and the plugin) register with AutoConfig / AutoModelForCausalLM, as
-    LLaVA's own builder does for these two layouts, without its dispatch on folder names.
-    """
-    from aligngpt_plugin.compat import prepare_llava
-
-    prepare_llava()
-    import llava.model  # noqa: F401  (registers llava_llama)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    import aligngpt_plugin.model  # noqa: F401  (registers aligngpt_llava)
-
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: give a LLaVA/AlignGPT checkpoint folder or a "
-                                "pre-training output folder (config.json + mm_projector.bin)")
-    config = AutoConfig.from_pretrained(path)
-    if getattr(config, "mm_vision_tower", None) is None and vision_tower is None:
-        raise ValueError(f"{path}/config.json names no vision tower (mm_vision_tower): it is not a LLaVA "
-                         "checkpoint; pass --vision-tower to use one anyway")
-    if vision_tower is not None:
-        config.mm_vision_tower = vision_tower
-    if _is_stage1_folder(path):
-        base = model_base
-        if not base:  # LLaVA's stage-1 config does not record the LLM it started from
-            raise ValueError(f"{path} holds only mm_projector.bin: pass --model-base, the LLM it was trained on")
-        model = AutoModelForCausalLM.from_pretrained(base, config=config)
-        weights = torch.load(path / "mm_projector.bin", map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise ValueError(f"{path}/mm_projector.bin has weights this model lacks: {unexpected[:4]}")
-        tokenizer_from = base
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer_from = path if (path / "tokenizer_config.json").is_file() else (model_base or path)
-    tower = model.get_vision_tower()
-    if vision_tower is not None:
-        tower.vision_tower_name = vision_tower
-    if not tower.is_loaded:
-        tower.load_model()
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, use_fast=False)
-    return LoadedModel(model, tokenizer, tower.image_processor, str(path))
-
-
-def candidate_words(tokenizer, vocab_size: int, mode: str = "alpha") -> torch.Tensor:
-    """Token ids the nearest-word search and matching pursuit may use."""
-    if mode == "all":
-        return torch.arange(vocab_size)
-    if mode != "alpha":
-        raise ValueError(f"vocab={mode!r}; choose alpha or all")
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
-    keep = [i for i, p in enumerate(pieces) if p and len(p.lstrip("\u2581")) >= 2 and p.lstrip("\u2581").isalpha()
-            and p.lstrip("\u2581").isascii()]
-    return torch.tensor(keep, dtype=torch.long)
-
-
-@dataclass
-class ImageInput:
-    id: str
-    path: Path
-    record: dict | None
-    index: int
-
-
-def collect_images(data: str | None, image_folder: str | None, images: str | None, limit: int) -> list[ImageInput]:
-    if (data is None) == (images is None):
-        raise SystemExit("give exactly one of --data FILE (with --image-folder) or --images FOLDER")
-    found = []
-    if data is not None:
-        records = json.loads(Path(data).read_text())
-        if not isinstance(records, list):
-            raise SystemExit(f"{data}: expected a JSON list of LLaVA records")
-        folder = Path(image_folder or Path(data).parent)
-        for i, r in enumerate(records):
-            if "image" not in r:
-                continue
-            parse_record_labels(r, i, str(data))  # malformed labels fail here, naming the record
-            found.append(ImageInput(str(r.get("id", i)), folder / r["image"], r, i))
-    else:
-        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        found = [ImageInput(p.stem, p, None, i) for i, p in enumerate(files)]
-    if not found:
-        raise SystemExit(f"no images found in {data or images}")
-    return found[:limit] if limit else found
-
-
-@torch.no_grad()
-def encode(loaded: LoadedModel, image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pixels [3, S, S], vision tokens [N, C], projected tokens [N, H]) for one PIL image."""
-    from llava.mm_utils import process_images
-
-    model = loaded.model
-    pixels = process_images([image], loaded.image_processor, model.config)
-    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[0] != 1:
-        raise ValueError("the analysis reads one square image per picture; any-resolution preprocessing "
-                         f"(image_aspect_ratio={getattr(model.config, 'image_aspect_ratio', None)!r}) is not supported")
-    tower = model.get_vision_tower()
-    before = tower(pixels.to(device=tower.device, dtype=tower.dtype))
-    after = model.get_model().mm_projector(before.to(next(model.get_model().mm_projector.parameters()).dtype))
-    return pixels[0], before[0].float().cpu(), after[0].float().cpu()
-
-
-def _phrase_tokens(tokenizer, phrase: str) -> set[int]:
-    return set(tokenizer(phrase, add_special_tokens=False).input_ids)
-
-
-def analyze(loaded: LoadedModel, inputs: list[ImageInput], out: Path, top_k: int = 5, mp_atoms: int = 8,
-            mp_max_patches: int = 128, vocab: str = "alpha", min_overlap: float = 0.5, plots: int = 4,
-            seed: int = 0) -> dict:
-    """Run every metric on every image, write report.json and the plots under `out`, return the report."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    model, tok = loaded.model, loaded.tokenizer
-    table = model.get_input_embeddings().weight.detach().float().cpu()
-    words = candidate_words(tok, table.shape[0], vocab)
-    word_table = table[words]
-    word_of = {int(w): j for j, w in enumerate(words.tolist())}
-    pieces = tok.convert_ids_to_tokens(words.tolist())
-    grid = model.get_vision_tower().num_patches_per_side
-    aspect = getattr(model.config, "image_aspect_ratio", "square")
-    generator = torch.Generator().manual_seed(seed)
-
-    per_image, befores, afters = [], [], []
-    agg_hits = {"labelled": 0, "precision_sum": 0.0, "hit_sum": 0.0}
-    chance = []
-    residual_curves, phrase_cover, token_recall = [], [], []
-    for k, item in enumerate(inputs):
-        with Image.open(item.path) as raw:
-            image = raw.convert("RGB")
-        pixels, before, after = encode(loaded, image)
-        if after.shape[0] != grid * grid:
-            raise ValueError(f"{item.path}: {after.shape[0]} image tokens, expected {grid}x{grid}")
-        befores.append(before)
-        afters.append(after)
-        scores, top = nearest_words(after, word_table, top_k)
-        # label sets per patch, in candidate-word indices (tokens outside the candidates cannot be hit)
-        labels = [set() for _ in range(after.shape[0])]
-        patch_phrases: list[list[set[int]]] = [[] for _ in range(after.shape[0])]
-        labelled = []
-        if item.record is not None:
-            parsed = parse_record_labels(item.record, item.index)
-            if parsed:
-                geometry = preprocess_geometry(image.size, loaded.image_processor, aspect)
-                where = f"record {item.index} (id {item.id!r})"
-                targets = patch_targets(parsed, image.size, geometry, grid, min_overlap, where)
-                sets = [{word_of[t] for t in _phrase_tokens(tok, p) if t in word_of} for p in targets.phrases]
-                for n, row in enumerate(targets.assignment):
-                    for j in row.nonzero()[0]:
-                        labels[n] |= sets[j]
-                        patch_phrases[n].append(sets[j])
-                labelled = [n for n in range(after.shape[0]) if labels[n]]
-        precision = label_precision(top, labels)
-        if precision["labelled"]:
-            agg_hits["labelled"] += precision["labelled"]
-            agg_hits["precision_sum"] += precision["precision_at_k"] * precision["labelled"]
-            agg_hits["hit_sum"] += precision["hit_at_k"] * precision["labelled"]
-            chance += [len(labels[n]) / len(words) for n in labelled]
-
-        # matching pursuit on the labelled patches and a sample of the others (it costs a pass over the table)
-        others = [n for n in range(after.shape[0]) if n not in set(labelled)]
-        room = max(0, mp_max_patches - len(labelled))
-        pick = torch.randperm(len(others), generator=generator)[:room].tolist()
-        chosen = labelled[:mp_max_patches] + [others[i] for i in pick]
-        pursuit = matching_pursuit(after[chosen], word_table, mp_atoms)
-        residual_curves.append(pursuit.residuals)
-        mp_examples = []
-        for row, n in enumerate(chosen):
-            atoms = pursuit.atoms[row].tolist()
-            if patch_phrases[n]:
-                phrase_cover.append(sum(bool(s & set(atoms)) for s in patch_phrases[n]) / len(patch_phrases[n]))
-                token_recall.append(len(labels[n] & set(atoms)) / len(labels[n]))
-            if len(mp_examples) < 8 and (patch_phrases[n] or not labelled):
-                mp_examples.append({"patch": n, "atoms": [pieces[a] for a in atoms],
-                                    "coefficients": [round(c, 4) for c in pursuit.coefficients[row].tolist()],
-                                    "residual": round(float(pursuit.residuals[row, -1]), 4)})
-        entry = {
-            "id": item.id, "image": str(item.path), "labelled_patches": precision["labelled"],
-            "precision_at_k": precision["precision_at_k"], "hit_at_k": precision["hit_at_k"],
-            "before_projector": _short(spectrum(before)), "after_projector": _short(spectrum(after)),
-            "mean_top1_cosine": float(scores[:, 0].mean()),
-            "pursuit_residual": [round(float(v), 4) for v in pursuit.residuals.mean(0)],
-            "pursuit_examples": mp_examples,
-            "top_words": [[pieces[w] for w in row] for row in top.tolist()],
-        }
-        per_image.append(entry)
-        if k < plots:
-            plot_patch_grid(out / f"patches_{_safe(item.id)}.png", pixels, loaded.image_processor, grid,
-                            [row[0] for row in entry["top_words"]], labelled, title=f"{item.id}: top-1 word per patch")
-
-    before_all, after_all = spectrum(torch.cat(befores)), spectrum(torch.cat(afters))
-    residual = torch.cat(residual_curves).mean(0)
-    n = agg_hits["labelled"]
-    aggregate = {
-        "images": len(per_image), "labelled_patches": n, "top_k": top_k,
-        "precision_at_k": agg_hits["precision_sum"] / n if n else None,
-        "hit_at_k": agg_hits["hit_sum"] / n if n else None,
-        "chance_precision_at_k": sum(chance) / len(chance) if chance else None,
-        "candidate_words": len(words),
-        "before_projector": _short(before_all), "after_projector": _short(after_all),
-        "effective_rank_ratio": after_all["effective_rank"] / before_all["effective_rank"],
-        "pursuit_atoms": mp_atoms,
-        "pursuit_residual": [round(float(v), 4) for v in residual],
-        "pursuit_phrase_coverage": sum(phrase_cover) / len(phrase_cover) if phrase_cover else None,
-        "pursuit_label_token_recall": sum(token_recall) / len(token_recall) if token_recall else None,
-    }
-    report = {"model": loaded.source, "settings": {"top_k": top_k, "mp_atoms": mp_atoms, "vocab": vocab,
-                                                   "min_overlap": min_overlap, "grid": grid, "aspect": aspect},
-              "aggregate": aggregate, "images": per_image}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    plot_spectra(out / "spectrum.png", before_all["singular_values"], after_all["singular_values"])
-    plot_pursuit(out / "pursuit.png", aggregate["pursuit_residual"])
-    return report
-
-
-def _short(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k != "singular_values"}
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, words: list[str],
-                    labelled: list[int], title: str = "") -> None:
-    """The processed image, its patch grid, labelled patches outlined in red, each patch's top word."""
-    plt = _pyplot()
-    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(processor.image_std).view(3, 1, 1)
-    picture = (pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-    size = picture.shape[0]
-    cell = size / grid
-    fig = plt.figure(figsize=(10, 10.4), dpi=120)
-    ax = fig.add_axes((0.01, 0.01, 0.98, 0.94))
-    ax.imshow(picture, extent=(0, size, size, 0), alpha=0.55)  # faded, so the words stay readable
-    for i in range(grid + 1):
-        ax.axhline(i * cell, color="white", lw=0.3, alpha=0.6)
-        ax.axvline(i * cell, color="white", lw=0.3, alpha=0.6)
-    for n in labelled:
-        r, c = divmod(n, grid)
-        ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, ec="red", lw=1.0))
-    font = max(2.5, 90 / grid)
-    for n, word in enumerate(words):
-        r, c = divmod(n, grid)
-        ax.text((c + 0.5) * cell, (r + 0.5) * cell, word.replace("\u2581", ""), ha="center", va="center",
-                fontsize=font, color="black")
-    ax.set_xlim(0, size)
-    ax.set_ylim(size, 0)
-    ax.set_axis_off()
-    ax.set_title(title)
-    fig.savefig(path)  # no tight_layout: it measures every one of the grid's words
-    plt.close(fig)
-
-
-def plot_spectra(path: Path, before: list[float], after: list[float]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.semilogy(range(1, len(before) + 1), before, label="before projector (vision tower)")
-    ax.semilogy(range(1, len(after) + 1), after, label="after projector (LLM input)")
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value / sum")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_pursuit(path: Path, residual: list[float]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(range(len(residual)), residual, marker="o")
-    ax.set_xlabel("atoms (word embeddings)")
-    ax.set_ylabel("residual norm / patch norm")
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+from aligngpt_plugin.analysis.run import analyze, collect_images, load_checkpoint
 
 
 def parser() -> argparse.ArgumentParser:
@@ -375,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     for name in ("top_k", "mp_atoms", "mp_max_patches"):
         if getattr(args, name) < 1:
@@ -392,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"hit@{a['top_k']} {fmt(a['hit_at_k'])}; effective rank {a['before_projector']['effective_rank']:.1f} -> "
           f"{a['after_projector']['effective_rank']:.1f}; pursuit residual after {a['pursuit_atoms']} atoms "
           f"{a['pursuit_residual'][-1]:.3f}; report in {args.out}/report.json", flush=True)
-    return report
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@
 
 Same as `python -m llava.eval.model_vqa_loader ...`, after the plugin's checks and `patches/`
 (which, on machines without CUDA, let LLaVA's hard-coded `cuda` device become `cpu` or `mps`), with
-LLaVA's loader made to recognise AlignGPT checkpoints by their config (`aligngpt_plugin.loader`).
+LLaVA's loader made to recognise AlignGPT checkpoints by their config (`aligngpt_plugin.integration.loader`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or not argv[0].startswith("llava."):
         raise SystemExit(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science")
-    from aligngpt_plugin.compat import prepare_llava
-    from aligngpt_plugin.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
 
     prepare_llava()
     enable_aligngpt_loading()  # AlignGPT (and LLaVA) checkpoints are recognised by config, not folder name

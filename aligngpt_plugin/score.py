@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aligngpt_plugin.clip_backends import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from aligngpt_plugin.scoring.backends import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aligngpt_plugin.levels import LevelSplitError
-    from aligngpt_plugin.score_records import InputError
-    from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, print_summary, score_dataset
+    from aligngpt_plugin.core.levels import LevelSplitError
+    from aligngpt_plugin.scoring.engine import ScoreConfig, ScoreError, merge_only, print_summary, score_dataset
+    from aligngpt_plugin.scoring.records import InputError
 
     try:
         config = ScoreConfig(

@@ -28,7 +28,7 @@ CHUNKS="${CHUNKS:-${#GPULIST[@]}}"
 
 # Stop early, with where LLaVA's docs get them, when the benchmark's files are missing.
 require() {
-    "$PYTHON" -m aligngpt_plugin.evaluation check "$1" --eval-dir "$EVAL_DIR"
+    "$PYTHON" -m aligngpt_plugin.evaluate check "$1" --eval-dir "$EVAL_DIR"
 }
 
 # infer KEY MODULE [module arguments...]: LLaVA's eval MODULE in $CHUNKS parallel chunks, merged into
@@ -70,6 +70,6 @@ infer() {
 
 # score KEY: the benchmark's score (or submission file) into $RESULTS_DIR/KEY.json.
 score() {
-    "$PYTHON" -m aligngpt_plugin.evaluation score "$1" --eval-dir "$EVAL_DIR" \
+    "$PYTHON" -m aligngpt_plugin.evaluate score "$1" --eval-dir "$EVAL_DIR" \
         --answers "$ANSWERS_DIR/$1.jsonl" --results-dir "$RESULTS_DIR" --ckpt "$CKPT"
 }

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aligngpt_plugin import pipeline
+from aligngpt_plugin.devkit import pipeline
 
 FLAG = ("--align_levels", "8")
 PRE = pipeline.StageSettings(max_steps=4, save_steps=1000)
@@ -52,7 +52,7 @@ def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, tiny, llava_r
     from PIL import Image
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
 
-    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
     _, _, ft = aligngpt_runs
     model = AutoModelForCausalLM.from_pretrained(ft).eval()
@@ -83,7 +83,7 @@ def test_stage2_refuses_a_projector_without_levels(tiny, tmp_path):
 
 LLAVA_DIRECT = """
 import sys
-from aligngpt_plugin.compat import prepare_llava
+from aligngpt_plugin.integration.compat import prepare_llava
 from aligngpt_plugin.patches import rewrite_argv
 prepare_llava()
 from transformers import set_seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aligngpt_plugin.alignment import AlignmentConfig, AlignmentModule, masked_mean
+from aligngpt_plugin.core.alignment import AlignmentConfig, AlignmentModule, masked_mean
 
 H = 16
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from aligngpt_plugin.alignment_metrics import (
+from aligngpt_plugin.core.metrics import (
     effective_rank,
     label_precision,
     matching_pursuit,
@@ -94,7 +94,7 @@ def stage1_folder(tiny, folder, colour_word):
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from transformers import AutoTokenizer
 
-    from aligngpt_plugin.fixtures import vision_module_args
+    from aligngpt_plugin.devkit.fixtures import vision_module_args
 
     model = LlavaLlamaForCausalLM.from_pretrained(tiny.llm)
     model.get_model().initialize_vision_modules(vision_module_args(tiny.clip))
@@ -122,9 +122,10 @@ def known_report(tiny, tmp_path_factory, llava_ready):
     data = root / "two.json"
     data.write_text(json.dumps([first, other]))
     stage1_folder(tiny, root / "stage1", colour)
-    report = main(["--model", str(root / "stage1"), "--model-base", str(tiny.llm), "--data", str(data),
-                   "--image-folder", str(tiny.images), "--out", str(root / "out"), "--top-k", "1",
-                   "--mp-atoms", "3", "--mp-max-patches", "40", "--plots", "1"])
+    assert main(["--model", str(root / "stage1"), "--model-base", str(tiny.llm), "--data", str(data),
+                 "--image-folder", str(tiny.images), "--out", str(root / "out"), "--top-k", "1",
+                 "--mp-atoms", "3", "--mp-max-patches", "40", "--plots", "1"]) == 0
+    report = json.loads((root / "out" / "report.json").read_text())
     return report, root, colour
 
 

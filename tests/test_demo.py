@@ -8,10 +8,11 @@ import pytest
 
 
 def test_demo_runs_the_aligngpt_pipeline_end_to_end(tmp_path):
-    from aligngpt_plugin.demo import main
+    from aligngpt_plugin.demo import main  # aligngpt-demo, as `make demo` runs it
 
     out = tmp_path / "demo"
-    summary = main(["--out", str(out), "--pretrain-epochs", "1", "--finetune-epochs", "1"])
+    assert main(["--out", str(out), "--pretrain-epochs", "1", "--finetune-epochs", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
 
     assert summary["level_counts"] == [4] * 8  # 32 fixture captions in 8 equal-count levels
     levelled = json.loads((out / "levels" / "pretrain_levels.json").read_text())

@@ -12,9 +12,9 @@ from pathlib import Path
 import eval_data
 import pytest
 
-import aligngpt_plugin.compat  # noqa: F401  (patches first)
-from aligngpt_plugin import benchmarks
-from aligngpt_plugin.scorers import AnswersError, score
+import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
+from aligngpt_plugin.evaluation import benchmarks
+from aligngpt_plugin.evaluation.scorers import AnswersError, score
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("llava_ready")
@@ -127,7 +127,7 @@ def test_submission_files(tiny, tmp_path):
 
 
 def test_missing_benchmark_files_say_where_to_get_them(tmp_path):
-    code = subprocess.run([sys.executable, "-m", "aligngpt_plugin.evaluation", "check", "pope", "--eval-dir",
+    code = subprocess.run([sys.executable, "-m", "aligngpt_plugin.evaluate", "check", "pope", "--eval-dir",
                            str(tmp_path)], capture_output=True, text=True)
     assert code.returncode == 2
     assert "pope/llava_pope_test.jsonl" in code.stderr and "Evaluation.md" in code.stderr
@@ -136,7 +136,7 @@ def test_missing_benchmark_files_say_where_to_get_them(tmp_path):
 # --- report and gates -------------------------------------------------------------------------------
 
 def test_report_marks_what_was_not_run(tmp_path):
-    from aligngpt_plugin.evaluation import main
+    from aligngpt_plugin.evaluate import main
 
     run = tmp_path / "my-run"
     run.mkdir()
@@ -153,7 +153,7 @@ def test_report_marks_what_was_not_run(tmp_path):
 
 
 def test_gate_summary_and_heatmap(tmp_path):
-    from aligngpt_plugin.gate_analysis import analyse
+    from aligngpt_plugin.evaluation.gates import analyse
 
     pairs = {}
     for key, weights in (("pope", [[1.0, 0.0], [0.5, 0.5]]), ("gqa", [[0.0, 1.0], [0.0, 1.0]])):
@@ -183,8 +183,8 @@ def checkpoint(tiny, tmp_path_factory):
 def test_llava_loader_recognises_aligngpt_by_config(checkpoint, tmp_path):
     from llava.model import builder
 
-    from aligngpt_plugin.loader import enable_aligngpt_loading
-    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
     enable_aligngpt_loading()
     enable_aligngpt_loading()  # idempotent
@@ -200,7 +200,7 @@ def test_llava_loader_recognises_aligngpt_by_config(checkpoint, tmp_path):
 
 
 def test_routed_name_follows_the_folder_not_its_name(tmp_path):
-    from aligngpt_plugin.loader import routed_model_name
+    from aligngpt_plugin.integration.loader import routed_model_name
 
     assert routed_model_name("my-lora-run", str(tmp_path)) == "my--run-llava"
     (tmp_path / "adapter_config.json").write_text("{}")
@@ -219,7 +219,7 @@ def run_script(name: str, checkpoint: Path, eval_dir: Path, results: Path, chunk
 
 
 def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
-    from aligngpt_plugin.scorers import read_jsonl
+    from aligngpt_plugin.evaluation.scorers import read_jsonl
 
     eval_dir, results = tmp_path / "eval", tmp_path / "results" / "tiny"
     eval_data.write_pope(tiny, eval_dir)
@@ -250,7 +250,7 @@ def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
         assert all(abs(sum(g["gate_weights"]) - 1) < 1e-2 for g in gates if g["gate_weights"] is not None)
     assert Path(json.loads((results / "mmbench.json").read_text())["files"]["upload"]).is_file()
 
-    from aligngpt_plugin.evaluation import main
+    from aligngpt_plugin.evaluate import main
 
     assert main(["gates", str(results)]) == 0
     assert (results / "gate_heatmap.png").is_file()

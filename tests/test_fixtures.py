@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aligngpt_plugin.fixtures import COLOURS, FixtureSpec, ShapePicture
+from aligngpt_plugin.devkit.fixtures import COLOURS, FixtureSpec, ShapePicture
 
 
 def test_llm_and_tokenizer_load_as_vicuna_does(tiny):
@@ -62,7 +62,7 @@ def test_captions_are_true_of_their_pictures(tiny):
 
 
 def test_same_seed_same_fixtures(tmp_path):
-    from aligngpt_plugin.fixtures import write_dataset
+    from aligngpt_plugin.devkit.fixtures import write_dataset
 
     spec = FixtureSpec(n_pretrain=4, n_finetune=6, n_questions=2)
     a = write_dataset(tmp_path / "a", spec)
@@ -82,9 +82,11 @@ def test_bad_fixture_spec_is_refused(kwargs, error):
 
 
 def test_cli_writes_everything(tmp_path):
+    from aligngpt_plugin.devkit.fixtures import fixture_paths
     from aligngpt_plugin.fixtures import main
 
-    paths = main([str(tmp_path), "--n-pretrain", "3", "--n-finetune", "6", "--n-questions", "2",
-                  "--hidden-size", "32", "--image-size", "112"])
+    assert main([str(tmp_path), "--n-pretrain", "3", "--n-finetune", "6", "--n-questions", "2",
+                 "--hidden-size", "32", "--image-size", "112"]) == 0
+    paths = fixture_paths(tmp_path)
     assert (paths.llm / "tokenizer.model").is_file() and (paths.clip / "preprocessor_config.json").is_file()
     assert len(json.loads(paths.pretrain.read_text())) == 3

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aligngpt_plugin import pipeline
+from aligngpt_plugin.devkit import pipeline
 
 PRETRAIN = pipeline.StageSettings(epochs=1, batch_size=4, learning_rate=1e-3, save_steps=4, save_total_limit=2)
 FINETUNE = pipeline.StageSettings(epochs=1, batch_size=4, learning_rate=2e-5, save_steps=3, save_total_limit=2)

@@ -66,11 +66,11 @@ def checkpoint(tiny, tmp_path_factory):
 def test_entry_point_is_declared():
     from importlib.metadata import entry_points
 
-    from aligngpt_plugin.lmms import CLASS_PATH, MODEL_ID
+    from aligngpt_plugin.evaluation.lmms import CLASS_PATH, MODEL_ID
 
     found = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
-    assert found.get(MODEL_ID) == "aligngpt_plugin.lmms:manifest"
-    assert CLASS_PATH == "aligngpt_plugin.lmms_model.AlignGPT"
+    assert found.get(MODEL_ID) == "aligngpt_plugin.evaluation.lmms:manifest"
+    assert CLASS_PATH == "aligngpt_plugin.evaluation.lmms_model.AlignGPT"
 
 
 def test_lmms_eval_cli_scores_an_aligngpt_checkpoint(tiny, checkpoint, tmp_path):

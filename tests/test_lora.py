@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_models import tiny_aligngpt
 
-import aligngpt_plugin.compat  # noqa: F401  (patches first)
-from aligngpt_plugin import lora
+import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
+from aligngpt_plugin.integration import lora
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 
@@ -113,10 +113,13 @@ def save_lora_output(model, out):
 def test_merge_keeps_the_logits_and_loads_with_automodel(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
     trained = save_lora_output(build(tiny), tmp_path / "lora").eval()
-    merged_dir = lora.main(["merge", str(tmp_path / "lora"), "--base", str(tiny.llm), "--out", str(tmp_path / "m")])
+    from aligngpt_plugin.lora import main  # python -m aligngpt_plugin.lora merge ...
+
+    assert main(["merge", str(tmp_path / "lora"), "--base", str(tiny.llm), "--out", str(tmp_path / "m")]) == 0
+    merged_dir = tmp_path / "m"
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert isinstance(merged, AlignGPTLlamaForCausalLM)
     merged.get_vision_tower().load_model()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aligngpt_plugin.patch_labels import (
+from aligngpt_plugin.core.patch_geometry import (
     Geometry,
     PatchLabel,
     PatchLabelError,
@@ -172,7 +172,7 @@ def test_fixture_labels_land_on_the_shape_in_the_pixels_the_model_sees(tiny, asp
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    from aligngpt_plugin.fixtures import COLOURS
+    from aligngpt_plugin.devkit.fixtures import COLOURS
 
     processor = CLIPImageProcessor.from_pretrained(tiny.clip)
     mean, std = np.array(processor.image_mean), np.array(processor.image_std)

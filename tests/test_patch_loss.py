@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from aligngpt_plugin.patch_loss import patch_alignment_loss, phrase_targets
+from aligngpt_plugin.core.patch_loss import patch_alignment_loss, phrase_targets
 
 E = torch.eye(4)
 

@@ -28,7 +28,7 @@ from released_layout import (
 )
 from safetensors.torch import load_file
 
-from aligngpt_plugin import pipeline
+from aligngpt_plugin.devkit import pipeline
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 CLI = str(Path(sys.executable).with_name("aligngpt-convert"))
@@ -149,7 +149,7 @@ def test_converted_loads_with_every_weight_in_place(tiny, released, tmp_path, fm
     from transformers import AutoModelForCausalLM
 
     import aligngpt_plugin  # noqa: F401
-    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
     state, config = released
     folder = write_released(tmp_path / "released", state, config, tiny.llm, shards=shards, fmt=fmt)
@@ -290,7 +290,7 @@ def test_released_pretraining_folder_becomes_a_projector_checkpoint_that_generat
     LLaVA loads in fp16, so the reference gets the same fp16-rounded weights."""
     from llava.model import builder
 
-    from aligngpt_plugin.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
 
     state, config = released
     write_released_pretrain(tmp_path / "aligngpt-7b-pretrain", state, config)
@@ -321,8 +321,8 @@ def test_released_pretraining_folder_becomes_a_projector_checkpoint_that_generat
 def test_llava_loader_takes_the_converted_checkpoint_without_weight_warnings(converted, tiny, pictures):
     from llava.model import builder
 
-    from aligngpt_plugin.loader import enable_aligngpt_loading
-    from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
     enable_aligngpt_loading()
     with transformers_warnings() as warned:
@@ -357,9 +357,9 @@ def test_hub_ids_convert_and_released_ones_are_refused_by_the_loader(released_fo
     assert proc.returncode == 2 and "could not be fetched from the hub" in proc.stderr
     assert not (tmp_path / "out13").exists()
 
-    script = ("from aligngpt_plugin.compat import prepare_llava; prepare_llava()\n"
+    script = ("from aligngpt_plugin.integration.compat import prepare_llava; prepare_llava()\n"
               "from llava.model import builder\n"
-              "from aligngpt_plugin.loader import enable_aligngpt_loading; enable_aligngpt_loading()\n"
+              "from aligngpt_plugin.integration.loader import enable_aligngpt_loading; enable_aligngpt_loading()\n"
               "builder.load_pretrained_model('nlpzhaof/aligngpt-7b', None, 'aligngpt-7b', device='cpu')\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode != 0 and "aligngpt-convert to-plugin nlpzhaof/aligngpt-7b" in proc.stderr
@@ -422,7 +422,7 @@ def test_wrong_direction_and_missing_paths_are_named(released_folder, tmp_path):
 # --- long conversions: resume, memory -------------------------------------------------------------------
 
 def test_a_killed_conversion_continues(tiny, released, tmp_path, monkeypatch):
-    from aligngpt_plugin import convert
+    from aligngpt_plugin.integration import released as convert
 
     state, config = released
     folder = write_released(tmp_path / "released", state, config, tiny.llm, shards=2)

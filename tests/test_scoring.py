@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aligngpt_plugin.levels import LevelSplitError, assign_levels
+from aligngpt_plugin.core.levels import LevelSplitError, assign_levels
 from aligngpt_plugin.score import main as score_main
-from aligngpt_plugin.score_records import iter_records, plan_input
-from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, score_dataset
+from aligngpt_plugin.scoring.engine import ScoreConfig, ScoreError, merge_only, score_dataset
+from aligngpt_plugin.scoring.records import iter_records, plan_input
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scoring_helpers import plain_records, write_pictures, write_records, write_tiny_open_clip  # noqa: E402
@@ -107,7 +107,7 @@ def reference(clip):
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_records_stream_with_offsets_a_worker_can_seek_to(tmp_path, monkeypatch, suffix):
-    import aligngpt_plugin.score_records as score_records
+    import aligngpt_plugin.scoring.records as score_records
 
     monkeypatch.setattr(score_records, "BLOCK", 7)  # records straddle many reads
     records = [{"id": i, "image": f"é{i}.jpg", "conversations": [{"from": "gpt", "value": "ü" * (i % 9)}]}
@@ -305,7 +305,7 @@ def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretrainin
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from aligngpt_plugin.data import record_level
+    from aligngpt_plugin.integration.data import record_level
 
     out = tmp_path / "out"
     args = ["--data", str(tiny.pretrain), "--images", str(tiny.images), "--output", str(out), "--model",

@@ -3,7 +3,7 @@
 Paths are relative to LLaVA's eval folder (`playground/data/eval`, from LLaVA's eval.zip plus each
 benchmark's own download, as LLaVA's docs/Evaluation.md describes). `eval/<key>.sh` runs the inference
 with LLaVA's eval module and then `aligngpt-eval score <key>`; the paper's numbers are in
-`aligngpt_plugin.report`.
+`aligngpt_plugin.evaluation.report`.
 """
 
 from __future__ import annotations

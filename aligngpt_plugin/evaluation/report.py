@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aligngpt_plugin.benchmarks import BENCHMARKS
+from aligngpt_plugin.evaluation.benchmarks import BENCHMARKS
 
 # METHOD.md section 4 (AlignGPT paper / project README; LLaVA model zoo). LLaVA-1.5's SEED is SEED-all.
 PAPER: dict[str, dict[str, float]] = {

@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from aligngpt_plugin.benchmarks import Benchmark
+from aligngpt_plugin.evaluation.benchmarks import Benchmark
 
 MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
                   "artwork", "OCR")

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from aligngpt_plugin import benchmarks
+from aligngpt_plugin.evaluation import benchmarks
 
 
 def _check(args) -> int:
@@ -30,7 +30,7 @@ def _check(args) -> int:
 
 
 def _score(args) -> int:
-    from aligngpt_plugin.scorers import score
+    from aligngpt_plugin.evaluation.scorers import score
 
     bench = benchmarks.get(args.benchmark)
     ckpt = args.ckpt or Path(args.results_dir).name
@@ -52,15 +52,15 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-    from aligngpt_plugin.report import write_report
+    from aligngpt_plugin.evaluation.report import write_report
 
     print(write_report(args.results_dirs, args.out), end="")
     return 0
 
 
 def _gates(args) -> int:
-    from aligngpt_plugin.gate_analysis import analyse
-    from aligngpt_plugin.report import load_results
+    from aligngpt_plugin.evaluation.gates import analyse
+    from aligngpt_plugin.evaluation.report import load_results
 
     results = load_results(args.results_dir)
     pairs = {k: (r["answers"], r["gates"]) for k, r in results.items() if r.get("gates")}

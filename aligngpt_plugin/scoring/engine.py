@@ -1,6 +1,6 @@
 """The scoring engine behind `aligngpt-score`: CLIP scores of image-caption pairs, chunked, resumable, sharded.
 
-    from aligngpt_plugin.scoring import ScoreConfig, score_dataset
+    from aligngpt_plugin.scoring.engine import ScoreConfig, score_dataset
     summary = score_dataset(ScoreConfig(data_path="blip_laion_cc_sbu_558k.json", image_folder="images",
                                         output_dir="runs/levels"))
 
@@ -43,14 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from aligngpt_plugin.clip_backends import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    ClipScorer,
-    is_transformers_clip,
-    load_scorer,
-)
-from aligngpt_plugin.levels import (
+from aligngpt_plugin.core.levels import (
     LevelsFile,
     assign_levels,
     level_counts,
@@ -59,8 +52,15 @@ from aligngpt_plugin.levels import (
     score_stats,
     write_atomic,
 )
-from aligngpt_plugin.score_records import CAPTION_MODES, InputError, InputPlan, caption_of, iter_records, plan_input
-from aligngpt_plugin.score_records import record_problem as static_problem
+from aligngpt_plugin.scoring.backends import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ClipScorer,
+    is_transformers_clip,
+    load_scorer,
+)
+from aligngpt_plugin.scoring.records import CAPTION_MODES, InputError, InputPlan, caption_of, iter_records, plan_input
+from aligngpt_plugin.scoring.records import record_problem as static_problem
 
 WORK = "work"
 MANIFEST_KEYS = ("input_sha256", "records", "chunk_size", "model", "pretrained", "caption", "caption_field",

@@ -33,7 +33,7 @@ import os
 import re
 from pathlib import Path
 
-from aligngpt_plugin.configuration import MODEL_TYPE, RELEASED_MODEL_TYPE, convert_hint
+from aligngpt_plugin.integration.configuration import MODEL_TYPE, RELEASED_MODEL_TYPE, convert_hint
 
 GATE_DUMP_ENV = "ALIGNGPT_GATE_DUMP"
 EVAL_LEVEL_ENV = "ALIGNGPT_EVAL_LEVEL"
@@ -122,7 +122,7 @@ def aligngpt_aware(load):
         name = routed_model_name(model_name, model_path)
         if model_type == "llava_llama":
             return load(model_path, model_base, name, *args, **kwargs)
-        from aligngpt_plugin.model import AlignGPTLlamaForCausalLM
+        from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
 
         with _llava_class(builder, AlignGPTLlamaForCausalLM, projector_file_keys(model_path, model_base)):
             tokenizer, model, processor, context_len = load(model_path, model_base, name, *args, **kwargs)

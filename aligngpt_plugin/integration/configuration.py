@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, LlamaConfig
 
-from aligngpt_plugin.alignment import AlignmentConfig
+from aligngpt_plugin.core.alignment import AlignmentConfig
 
 MODEL_TYPE = "aligngpt_llava"
 RELEASED_MODEL_TYPE = "aligngpt"
@@ -60,7 +60,7 @@ def _register_model_classes() -> None:
     from importlib.util import find_spec
 
     if find_spec("llava") is not None:
-        import aligngpt_plugin.model  # noqa: F401  (registers the model classes with AutoModelForCausalLM)
+        import aligngpt_plugin.integration.model  # noqa: F401  (registers the model classes with AutoModelForCausalLM)
 
 
 def register() -> None:

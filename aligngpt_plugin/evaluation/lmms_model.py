@@ -1,11 +1,11 @@
-"""The `aligngpt` model class of lmms-eval (see `aligngpt_plugin.lmms`); importing it needs lmms-eval."""
+"""The `aligngpt` model class of lmms-eval (see `aligngpt_plugin.evaluation.lmms`); importing it needs lmms-eval."""
 
 from __future__ import annotations
 
 import contextlib
 
-from aligngpt_plugin.compat import prepare_llava
-from aligngpt_plugin.loader import enable_aligngpt_loading
+from aligngpt_plugin.integration.compat import prepare_llava
+from aligngpt_plugin.integration.loader import enable_aligngpt_loading
 
 prepare_llava()  # before lmms-eval imports LLaVA: it swallows an import failure and leaves names undefined
 try:

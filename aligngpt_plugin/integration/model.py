@@ -3,7 +3,7 @@
 `AlignGPTConfig` (model_type `aligngpt_llava`) and `AlignGPTLlamaForCausalLM` subclass LLaVA's Llama
 classes and are registered with AutoConfig / AutoModelForCausalLM, so `from_pretrained` on a saved
 checkpoint gives the model back without `trust_remote_code`. The levels and the gate live in
-`aligngpt_plugin.alignment` (plain torch); this file only places their token in LLaVA's sequence:
+`aligngpt_plugin.core.alignment` (plain torch); this file only places their token in LLaVA's sequence:
 
 - LLaVA builds the multimodal embeddings (`prepare_inputs_labels_for_multimodal`, unchanged);
 - every sample with an image gets one token at BOS + 1 (label IGNORE_INDEX, attention 1); samples
@@ -27,8 +27,8 @@ from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM, LlavaL
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.alignment import AlignmentModule, AlignmentOutput, full_weights, masked_mean
-from aligngpt_plugin.configuration import MODEL_TYPE, AlignGPTConfig, register
+from aligngpt_plugin.core.alignment import AlignmentModule, AlignmentOutput, full_weights, masked_mean
+from aligngpt_plugin.integration.configuration import MODEL_TYPE, AlignGPTConfig, register
 
 __all__ = ["MODEL_TYPE", "AlignGPTConfig", "AlignGPTLlamaForCausalLM", "AlignGPTLlamaModel", "AlignGPTOutput"]
 

@@ -4,7 +4,7 @@ pyproject.toml registers `manifest` under lmms-eval's `lmms_eval.models` entry-p
 installing the plugin beside lmms-eval (`pip install 'aligngpt-plugin[lmms]'`) is all it takes: lmms-eval
 finds the model by that name, no fork and no file copied into its tree. The model is lmms-eval's own
 LLaVA model (`lmms_eval.models.simple.llava.Llava`: prompts, batching, image handling, multi-GPU
-through accelerate) with LLaVA's loader made AlignGPT-aware (`aligngpt_plugin.loader`) while it loads:
+through accelerate) with LLaVA's loader made AlignGPT-aware (`aligngpt_plugin.integration.loader`) while it loads:
 AlignGPT and LLaVA checkpoints are recognised by their config whatever their folder is called, and
 `ALIGNGPT_GATE_DUMP=FILE` appends the gate's weights per sample as the `eval/` scripts do. Without
 CUDA it runs on the CPU (lmms-eval's class assumes `cuda:0`).
@@ -13,7 +13,7 @@ CUDA it runs on the CPU (lmms-eval's class assumes `cuda:0`).
 from __future__ import annotations
 
 MODEL_ID = "aligngpt"
-CLASS_PATH = "aligngpt_plugin.lmms_model.AlignGPT"
+CLASS_PATH = "aligngpt_plugin.evaluation.lmms_model.AlignGPT"
 
 
 def manifest():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from aligngpt_plugin.alignment import AlignmentConfig
+from aligngpt_plugin.core.alignment import AlignmentConfig
 
 ALIGNMENT_KEY = "alignment."
 
@@ -26,8 +26,8 @@ def aligngpt_loader(alignment: AlignmentConfig):
     """A stand-in for LLaVA's model class in `train()`: only `from_pretrained` is used there."""
     from transformers import AutoConfig
 
-    from aligngpt_plugin.lora import quantized_loading_kwargs
-    from aligngpt_plugin.model import MODEL_TYPE, AlignGPTConfig, AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integration.lora import quantized_loading_kwargs
+    from aligngpt_plugin.integration.model import MODEL_TYPE, AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     class AlignGPTFromBase(AlignGPTLlamaForCausalLM):
         @classmethod
@@ -78,7 +78,7 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     from llava.train import llava_trainer
     from llava.train import train as llava_train
 
-    from aligngpt_plugin.data import make_level_aware_data_module
+    from aligngpt_plugin.integration.data import make_level_aware_data_module
 
     llava_train.LlavaLlamaForCausalLM = aligngpt_loader(alignment)
     llava_train.make_supervised_data_module = functools.partial(
@@ -89,6 +89,6 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     for module in (llava_train, llava_trainer):
         if not getattr(module.get_mm_adapter_state_maybe_zero_3, "__aligngpt__", False):
             module.get_mm_adapter_state_maybe_zero_3 = with_alignment_keys(module.get_mm_adapter_state_maybe_zero_3)
-    from aligngpt_plugin.lora import enable_lora_support
+    from aligngpt_plugin.integration.lora import enable_lora_support
 
     enable_lora_support(llava_train)  # --lora_enable: LoRA on the LLM only; alignment weights in non_lora_trainables

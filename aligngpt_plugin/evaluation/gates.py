@@ -1,6 +1,6 @@
 """Does the gate adapt to the task? Per-sample gate weights, per-benchmark means, entropy, a heatmap.
 
-The eval scripts run LLaVA's eval modules with `ALIGNGPT_GATE_DUMP` set (see `aligngpt_plugin.loader`),
+The eval scripts run LLaVA's eval modules with `ALIGNGPT_GATE_DUMP` set (see `aligngpt_plugin.integration.loader`),
 which writes one line of gate weights per generated sample, in the order the answers are written.
 `join_gates` pairs those lines with the answers file; `summarise` gives each benchmark's mean weight per
 level and the mean entropy of the weights (log(N-1) = uniform, 0 = one level), and the spread of the
@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from aligngpt_plugin.scorers import AnswersError, read_jsonl
+from aligngpt_plugin.evaluation.scorers import AnswersError, read_jsonl
 
 
 def join_gates(answers: str | Path, gates: str | Path) -> list[dict]:

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from aligngpt_plugin.patch_labels import (
+from aligngpt_plugin.core.patch_geometry import (
     PatchLabelError,
     parse_record_labels,
     patch_targets,
     preprocess_geometry,
 )
-from aligngpt_plugin.patch_loss import MULTI_MODES, patch_alignment_loss, phrase_targets
+from aligngpt_plugin.core.patch_loss import MULTI_MODES, patch_alignment_loss, phrase_targets
 
 PATCH_KEYS = ("patch_phrase_ids", "patch_phrase_mask", "patch_assignment")
 

@@ -1,0 +1,537 @@
+"""The released AlignGPT checkpoints in this plugin's layout, and back (`aligngpt-convert`'s API).
+
+Released layout (METHOD.md section 6; the public code's `AlignGPTForCausalLM` holds the projector, the
+level table and the gate itself, so their keys are at the top of the state dict): `mm_projector.*`,
+`align_indicators.indicator_embs` [8, hidden], `gated_weight_layer.mlp.{0,2}.*`, the Llama under `model.*`,
+`lm_head.weight`, and in full checkpoints the CLIP tower under `vision_tower.vision_tower.*` (and, from
+transformers 4.31, `model.layers.*.self_attn.rotary_emb.inv_freq` buffers). Plugin layout: LLaVA's, with
+everything multimodal inside the inner model: `model.mm_projector.*`, `model.alignment.level_embeddings`,
+`model.alignment.gate.{0,2}.*`; `model_type: "aligngpt_llava"` with an `alignment` entry whose sizes are
+read off the weights.
+
+The tower keeps its weights, under LLaVA's name (`model.vision_tower.vision_tower.*`, where a checkpoint
+trained with LLaVA has them too; the model loads them when it builds the tower, else the tower comes from
+`mm_vision_tower`, as LLaVA does). The rotary buffers have no place in today's Llama (transformers
+recomputes them): they are set aside in `released/` beside the converted weights, where no loader reads
+them, with the original config.json; `from-plugin` puts them back, so released -> plugin -> released
+gives the same tensors, byte for byte.
+
+Conversion streams: one input shard is open at a time and output shards hold at most `--max-shard-size`
+bytes, so a 26 GB 13B checkpoint converts in a few GB of memory. A killed conversion continues where it
+stopped when run again (finished shards are kept in DST.partial/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from aligngpt_plugin.core.alignment import AlignmentConfig
+from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic
+from aligngpt_plugin.integration.configuration import MODEL_TYPE, RELEASED_ARCHITECTURE, RELEASED_MODEL_TYPE
+
+PLUGIN_ARCHITECTURE = "AlignGPTLlamaForCausalLM"
+# What the public code hard-codes (mm_align.py: 8 indicators, 7 gate outputs, N_IMAGE_TOKEN = 576, width 256).
+PUBLIC_ALIGNMENT = AlignmentConfig(num_levels=8, gate_tokens=576, gate_hidden_size=256)
+
+# released prefix -> plugin prefix; keys under neither side's other prefixes keep their names (model.*, lm_head.*)
+PREFIXES = (
+    ("align_indicators.indicator_embs", "model.alignment.level_embeddings"),
+    ("gated_weight_layer.mlp.", "model.alignment.gate."),
+    ("mm_projector.", "model.mm_projector."),
+    ("vision_tower.", "model.vision_tower."),
+)
+KEPT = ("model.", "lm_head.")
+ROTARY_BUFFER = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+SET_ASIDE = "released"  # folder of the plugin checkpoint for what only the released layout holds
+ADAPTER_NAMES = ("mm_projector_align.bin", "mm_projector.bin")
+NOT_WEIGHTS = ("training_args.bin", "optimizer", "scheduler", "rng_state", "trainer_state")
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not have the layout or shapes the conversion expects."""
+
+
+def released_to_plugin(key: str) -> str:
+    for released, plugin in PREFIXES:
+        if key.startswith(released):
+            return plugin + key[len(released):]
+    return key
+
+
+def plugin_to_released(key: str) -> str:
+    for released, plugin in PREFIXES:
+        if key.startswith(plugin):
+            return released + key[len(plugin):]
+    return key
+
+
+def is_set_aside(released_key: str) -> bool:
+    """Keys of the released layout that the plugin's model has no place for (see the module docstring)."""
+    return bool(ROTARY_BUFFER.match(released_key))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    nbytes: int
+    file: Path
+
+
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@contextlib.contextmanager
+def open_weights(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
+    """The tensors of one weight file, read lazily: safetensors through `safe_open`, `.bin` memory-mapped
+    (`weights_only`), so only what is used is read. The mapping is released when the block ends."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            yield _LazySafetensors(f)
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file saved in torch's legacy (pre-zip) format cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        yield state
+    finally:
+        del state
+
+
+class _LazySafetensors(Mapping):
+    """A safetensors file as a mapping that reads a tensor when it is looked up."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.handle.keys())
+
+    def __len__(self) -> int:
+        return len(self.handle.keys())
+
+
+def tensor_infos(files: list[Path]) -> dict[str, TensorInfo]:
+    """Shape and size of every tensor, without reading the data."""
+    infos: dict[str, TensorInfo] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    s = f.get_slice(key)
+                    shape = tuple(s.get_shape())
+                    n = 1
+                    for d in shape:
+                        n *= d
+                    infos[key] = TensorInfo(shape, n * _SAFETENSORS_BYTES.get(s.get_dtype(), 4), path)
+        else:
+            with open_weights(path) as state:
+                for key, value in state.items():
+                    infos[key] = TensorInfo(tuple(value.shape), value.numel() * value.element_size(), path)
+    return infos
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The model weight files of a checkpoint folder, in the order of its index if it has one."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            names = json.loads((folder / index).read_text())["weight_map"].values()
+            files = [folder / n for n in dict.fromkeys(names)]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConversionError(f"{folder / index} lists files that are not there: {missing}")
+            return files
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")
+                   and p.name not in ADAPTER_NAMES and not p.name.startswith(NOT_WEIGHTS))
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files  # a folder with both keeps the safetensors
+
+
+def resolve(src: str) -> Path:
+    """A local path, or a hub id fetched (or found in the cache) with huggingface_hub."""
+    path = Path(src)
+    if path.exists():
+        return path
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", src):
+        raise ConversionError(f"{src} does not exist (a checkpoint folder, a .bin file or a hub id owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model",
+                                                           "*.txt", "*.py", "*.md"]))
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, no access: all end here with the reason
+        raise ConversionError(f"{src} is not a local path and could not be fetched from the hub "
+                              f"({type(e).__name__}: {e})") from None
+
+
+# ------------------------------------------------------------------------------------------- checking
+
+def _shape(infos: dict[str, TensorInfo], key: str, source: str, released: bool) -> tuple[int, ...]:
+    if key not in infos:
+        raise ConversionError(f"{source}: weight {plugin_to_released(key) if released else key!r} is missing")
+    return infos[key].shape
+
+
+def alignment_from_weights(infos: dict[str, TensorInfo], hidden_size: int | None, source: str,
+                           need_gate: bool, released: bool) -> AlignmentConfig:
+    """The AlignmentConfig that plugin-layout weights imply; ConversionError naming key and shapes when
+    they do not fit together or with the LLM (keys named as the source has them: `released` or not)."""
+    levels = _shape(infos, "model.alignment.level_embeddings", source, released)
+    n = levels[0]
+    problems = []
+    if len(levels) != 2 or n < 2:
+        problems.append(f"level table {tuple(levels)}: expected [levels >= 2, hidden]")
+    elif hidden_size is not None and levels[1] != hidden_size:
+        problems.append(f"level table {tuple(levels)} is {levels[1]} wide, the LLM's hidden_size is {hidden_size}")
+    gate_keys = [f"model.alignment.gate.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+    if not need_gate and not any(k in infos for k in gate_keys):  # pre-training: no gate yet
+        if problems:
+            raise ConversionError(f"{source}: " + "; ".join(problems))
+        return AlignmentConfig(num_levels=n)
+    w0, b0, w2, b2 = (_shape(infos, k, source, released) for k in gate_keys)
+    if len(w0) != 2 or b0 != w0[:1]:
+        problems.append(f"gate layer 0 is weight {w0}, bias {b0}: expected [hidden, tokens] and [hidden]")
+    elif len(w2) != 2 or w2[0] != n - 1 or b2 != (n - 1,):
+        problems.append(f"gate layer 2 is weight {w2}, bias {b2}: {n} levels need {n - 1} outputs")
+    elif w2[1] != w0[0]:
+        problems.append(f"gate layers do not chain: {w0} then {w2}")
+    if problems:
+        raise ConversionError(f"{source}: " + "; ".join(problems))
+    return AlignmentConfig(num_levels=n, gate_tokens=w0[1], gate_hidden_size=w0[0])
+
+
+def check_llm(infos: dict[str, TensorInfo], config: dict, source: str) -> None:
+    hidden, vocab = config.get("hidden_size"), config.get("vocab_size")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        shape = _shape(infos, key, source, released=False)
+        if (vocab, hidden) != shape and None not in (vocab, hidden):
+            raise ConversionError(f"{source}: {key} has shape {shape}, config.json says "
+                                  f"[vocab_size {vocab}, hidden_size {hidden}]")
+    check_projector(infos, config, source)
+
+
+def check_projector(infos: dict[str, TensorInfo], config: dict, source: str) -> None:
+    layers = sorted(k for k in infos if k.startswith("model.mm_projector.") and k.endswith(".weight"))
+    if not layers:
+        raise ConversionError(f"{source}: no projector weights (mm_projector.*)")
+    first, last = infos[layers[0]].shape, infos[layers[-1]].shape
+    mm_hidden, hidden = config.get("mm_hidden_size"), config.get("hidden_size")
+    if mm_hidden is not None and first[-1] != mm_hidden:
+        raise ConversionError(f"{source}: {plugin_to_released(layers[0])} has shape {first}, config.json's "
+                              f"mm_hidden_size is {mm_hidden}")
+    if hidden is not None and last[0] != hidden:
+        raise ConversionError(f"{source}: {plugin_to_released(layers[-1])} has shape {last}, config.json's "
+                              f"hidden_size is {hidden}")
+
+
+def unknown_keys(keys, source: str, released: bool) -> None:
+    known = tuple(p[0 if released else 1] for p in PREFIXES) + KEPT
+    bad = [k for k in keys if not k.startswith(known)]
+    if bad:
+        layout = "released AlignGPT" if released else "plugin"
+        raise ConversionError(f"{source}: {len(bad)} weights are not part of the {layout} layout "
+                              f"(METHOD.md section 6), e.g. {bad[:3]}")
+
+
+def public_form(alignment: AlignmentConfig, source: str) -> None:
+    """from-plugin: the public code can only express its own gate and level count."""
+    ours = (alignment.num_levels, alignment.gate_tokens, alignment.gate_hidden_size, alignment.gate_input,
+            alignment.gate_text, alignment.mode)
+    public = (8, 576, 256, "fixed", "all", "adaptive")
+    if ours != public:
+        names = ("num_levels", "gate_tokens", "gate_hidden_size", "gate_input", "gate_text", "mode")
+        diff = ", ".join(f"{n}={a!r} (public: {b!r})" for n, a, b in zip(names, ours, public) if a != b)
+        raise ConversionError(f"{source}: the released layout is the public code's, which hard-codes 8 levels "
+                              f"and an adaptive gate over 576 image tokens with all text; this checkpoint has {diff}")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+@dataclass
+class OutputShard:
+    """One output file: which source keys go into it, under which names."""
+
+    name: str
+    source: Path
+    keys: dict[str, str] = field(default_factory=dict)  # source key -> output key
+    nbytes: int = 0
+
+
+def plan_shards(infos: dict[str, TensorInfo], rename, max_bytes: int, prefix: str) -> list[OutputShard]:
+    """Group tensors into output files of at most `max_bytes` (a larger tensor gets a file to itself),
+    never mixing source files, so one source file is open at a time."""
+    shards: list[OutputShard] = []
+    for key, info in infos.items():
+        new = rename(key)
+        if new is None:
+            continue
+        last = shards[-1] if shards else None
+        if last is None or last.source != info.file or (last.keys and last.nbytes + info.nbytes > max_bytes):
+            last = OutputShard("", info.file)
+            shards.append(last)
+        last.keys[key] = new
+        last.nbytes += info.nbytes
+    for i, shard in enumerate(shards, 1):
+        shard.name = (f"{prefix}.safetensors" if len(shards) == 1
+                      else f"{prefix}-{i:05d}-of-{len(shards):05d}.safetensors")
+    return shards
+
+
+def write_shards(shards: list[OutputShard], folder: Path) -> dict[str, str]:
+    """Write every shard not already there (a resumed run keeps finished ones); the weight map."""
+    weight_map = {}
+    by_source: dict[Path, list[OutputShard]] = {}
+    for shard in shards:
+        by_source.setdefault(shard.source, []).append(shard)
+        weight_map.update(dict.fromkeys(shard.keys.values(), shard.name))
+    for source, group in by_source.items():
+        todo = [s for s in group if not (folder / s.name).is_file()]
+        if not todo:
+            continue
+        with open_weights(source) as state:
+            for shard in todo:
+                tensors, seen = {}, set()
+                for key, new in shard.keys.items():
+                    value = state[key].contiguous()
+                    ptr = value.untyped_storage().data_ptr()
+                    tensors[new] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
+                    seen.add(ptr)
+                with atomic_path(folder / shard.name) as tmp:
+                    save_file(tensors, str(tmp), metadata={"format": "pt"})
+                del tensors
+    return weight_map
+
+
+def write_index(folder: Path, prefix: str, shards: list[OutputShard], weight_map: dict[str, str]) -> None:
+    if len(shards) > 1:
+        write_json_atomic(folder / f"{prefix}.safetensors.index.json", {
+            "metadata": {"total_size": sum(s.nbytes for s in shards)}, "weight_map": dict(sorted(weight_map.items()))})
+
+
+@contextlib.contextmanager
+def partial_folder(dst: Path, plan: dict) -> Iterator[Path]:
+    """Write into DST.partial and rename it to DST at the end. A DST.partial left by a killed run of the
+    same conversion (same source files, same plan) is continued; anything else there is an error."""
+    if dst.exists():
+        raise ConversionError(f"{dst} already exists; remove it or choose another output")
+    work = dst.with_name(dst.name + ".partial")
+    stamp = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    marker = work / ".conversion"
+    if work.exists():
+        if not marker.is_file() or marker.read_text().strip() != stamp:
+            raise ConversionError(f"{work} holds another conversion's files; remove it first")
+        print(f"[aligngpt-convert] continuing the conversion in {work}", flush=True)
+    else:
+        work.mkdir(parents=True)
+        marker.write_text(stamp + "\n")
+    yield work
+    marker.unlink()
+    work.rename(dst)
+
+
+def source_stamp(files: list[Path]) -> list:
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def copy_other_files(src: Path, dst: Path, skip: set[Path]) -> None:
+    """Tokenizer, generation config and the like, unchanged."""
+    for f in src.iterdir():
+        if (f.is_file() and f not in skip and f.name != "config.json" and not f.name.endswith(".index.json")
+                and f.suffix not in (".bin", ".safetensors") and not f.name.startswith(".")):
+            shutil.copy2(f, dst / f.name)
+
+
+# ------------------------------------------------------------------------------------- the two ways
+
+@dataclass
+class ConversionReport:
+    """What a conversion wrote and what it set aside."""
+
+    output: Path
+    tensors: int = 0
+    set_aside: dict[str, int] = field(default_factory=dict)  # kind -> count
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.output} ({self.tensors} tensors)"]
+        lines += [f"  set aside in {SET_ASIDE}/: {n} {kind}" for kind, n in self.set_aside.items() if n]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def folder_to_plugin(src: Path, dst: Path, vision_tower: str | None, max_bytes: int) -> ConversionReport:
+    config = read_config(src, RELEASED_MODEL_TYPE, "to-plugin")
+    files = weight_files(src)
+    adapter = next((src / n for n in ADAPTER_NAMES if (src / n).is_file()), None)
+    if not files and adapter is not None:  # a pre-training folder (nlpzhaof/aligngpt-7b-pretrain)
+        return pretrain_folder_to_plugin(src, adapter, dst, config, vision_tower)
+    if not files:
+        raise ConversionError(f"{src} holds no .safetensors or .bin weights")
+    infos = tensor_infos(files)
+    unknown_keys(infos, str(src), released=True)
+    plugin_infos = {released_to_plugin(k): v for k, v in infos.items() if not is_set_aside(k)}
+    check_llm(plugin_infos, config, str(src))
+    alignment = alignment_from_weights(plugin_infos, config.get("hidden_size"), str(src), need_gate=True,
+                                       released=True)
+
+    main = plan_shards(infos, lambda k: None if is_set_aside(k) else released_to_plugin(k), max_bytes, "model")
+    extras = plan_shards(infos, lambda k: k if is_set_aside(k) else None, max_bytes, "extras")
+    report = ConversionReport(dst, tensors=len(plugin_infos))
+    report.set_aside = {"rotary inv_freq buffers (transformers recomputes them)": sum(map(is_set_aside, infos))}
+    plugin_config = dict(config, model_type=MODEL_TYPE, architectures=[PLUGIN_ARCHITECTURE],
+                         alignment=alignment.to_dict())
+    report.notes += vision_tower_notes(plugin_config, vision_tower)
+    plan = {"direction": "to-plugin", "sources": source_stamp(files), "max_bytes": max_bytes}
+    with partial_folder(dst, plan) as work:
+        write_index(work, "model", main, write_shards(main, work))
+        if extras:
+            (work / SET_ASIDE).mkdir(exist_ok=True)
+            write_index(work / SET_ASIDE, "extras", extras, write_shards(extras, work / SET_ASIDE))
+        write_json_atomic(work / SET_ASIDE / "config.json", config)
+        copy_other_files(src, work, set(files))
+        write_json_atomic(work / "config.json", plugin_config)
+    return report
+
+
+def folder_from_plugin(src: Path, dst: Path, max_bytes: int) -> ConversionReport:
+    config = read_config(src, MODEL_TYPE, "from-plugin")
+    files = weight_files(src)
+    if not files:
+        if (src / "mm_projector.bin").is_file():
+            raise ConversionError(f"{src} is a pre-training (projector-only) checkpoint: convert its file, "
+                                  f"`aligngpt-convert from-plugin {src / 'mm_projector.bin'} "
+                                  "OUT/mm_projector_align.bin`")
+        raise ConversionError(f"{src} holds no .safetensors or .bin weights")
+    infos = tensor_infos(files)
+    unknown_keys(infos, str(src), released=False)
+    check_llm(infos, config, str(src))
+    alignment = alignment_from_weights(infos, config.get("hidden_size"), str(src), need_gate=True, released=False)
+    public_form(AlignmentConfig.from_dict(config.get("alignment", {})), str(src / "config.json"))
+    public_form(alignment, str(src))
+
+    aside = src / SET_ASIDE
+    extra_files = weight_files(aside) if aside.is_dir() else []
+    extra_infos = tensor_infos(extra_files)
+    clash = sorted(set(extra_infos) & {plugin_to_released(k) for k in infos})
+    if clash:
+        raise ConversionError(f"{aside} and the weights both hold {clash[:3]}")
+    main = plan_shards(infos, plugin_to_released, max_bytes, "model")
+    main += plan_shards(extra_infos, lambda k: k, max_bytes, "model")
+    for i, shard in enumerate(main, 1):  # one numbering over both groups
+        shard.name = "model.safetensors" if len(main) == 1 else f"model-{i:05d}-of-{len(main):05d}.safetensors"
+
+    released_config = dict(config)
+    released_config.pop("alignment", None)
+    original = json.loads((aside / "config.json").read_text()) if (aside / "config.json").is_file() else {}
+    released_config.update(model_type=RELEASED_MODEL_TYPE, architectures=[RELEASED_ARCHITECTURE])
+    for key in ("architectures", "mm_vision_tower"):  # a converted checkpoint: as the released folder had them
+        if original and key in original:
+            released_config[key] = original[key]
+        elif original:
+            released_config.pop(key, None)
+    plan = {"direction": "from-plugin", "sources": source_stamp(files + extra_files), "max_bytes": max_bytes}
+    with partial_folder(dst, plan) as work:
+        write_index(work, "model", main, write_shards(main, work))
+        copy_other_files(src, work, set(files))
+        write_json_atomic(work / "config.json", released_config)
+    return ConversionReport(dst, tensors=len(infos) + len(extra_infos))
+
+
+def read_config(folder: Path, want: str, direction: str) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{folder} has no config.json: is it a checkpoint folder?")
+    config = json.loads(path.read_text())
+    if config.get("model_type") != want:
+        raise ConversionError(f"{path}: model_type is {config.get('model_type')!r}, {direction} expects {want!r}")
+    return config
+
+
+def vision_tower_notes(config: dict, vision_tower: str | None) -> list[str]:
+    """Point `mm_vision_tower` at a tower that exists here; the public scripts saved a relative local path."""
+    if vision_tower:
+        old, config["mm_vision_tower"] = config.get("mm_vision_tower"), vision_tower
+        return [f"mm_vision_tower {old!r} -> {vision_tower!r} (from-plugin restores the original)"]
+    tower = config.get("mm_vision_tower")
+    if tower and (tower.startswith((".", "/")) or tower.count("/") > 1) and not Path(tower).exists():
+        return [f"mm_vision_tower is {tower!r}, which is not a folder here: LLaVA loads the vision tower from "
+                "it; convert again with --vision-tower openai/clip-vit-large-patch14-336 (or a local copy)"]
+    return []
+
+
+def adapter_state(path: Path, to_plugin: bool) -> tuple[dict[str, torch.Tensor], AlignmentConfig]:
+    """A pre-training file renamed; the alignment sizes it implies (checked)."""
+    with open_weights(path) as state:
+        state = dict(state.items())
+    if to_plugin:
+        unknown_keys(state, str(path), released=True)
+        state = {released_to_plugin(k): v for k, v in state.items()}
+    else:
+        unknown_keys(state, str(path), released=False)
+    infos = {k: TensorInfo(tuple(v.shape), 0, path) for k, v in state.items()}
+    check_projector(infos, {}, str(path))
+    alignment = alignment_from_weights(infos, None, str(path), need_gate=False, released=to_plugin)
+    if not to_plugin:
+        # stage 1 of the public code has no gate: mm_projector_align.bin holds the projector and the levels
+        state = {plugin_to_released(k): v for k, v in state.items() if not k.startswith("model.alignment.gate.")}
+        if alignment.num_levels != PUBLIC_ALIGNMENT.num_levels:
+            public_form(alignment, str(path))
+    return state, alignment
+
+
+def convert_adapter(src: Path, dst: Path, to_plugin: bool) -> ConversionReport:
+    """A pre-training file (`mm_projector_align.bin` <-> `mm_projector.bin`)."""
+    state, _ = adapter_state(src, to_plugin)
+    with atomic_path(dst) as tmp:
+        torch.save(state, tmp)
+    return ConversionReport(dst, tensors=len(state))
+
+
+def pretrain_folder_to_plugin(src: Path, adapter: Path, dst: Path, config: dict,
+                              vision_tower: str | None) -> ConversionReport:
+    """A released pre-training folder -> a plugin projector-only checkpoint (`mm_projector.bin` and its
+    config), which stage 2's --pretrain_mm_mlp_adapter and the loader's --model-base path both take."""
+    state, alignment = adapter_state(adapter, to_plugin=True)
+    plugin_config = dict(config, model_type=MODEL_TYPE, architectures=[PLUGIN_ARCHITECTURE],
+                         alignment=alignment.to_dict())
+    report = ConversionReport(dst, tensors=len(state))
+    report.notes += vision_tower_notes(plugin_config, vision_tower)
+    with partial_folder(dst, {"direction": "to-plugin", "sources": source_stamp([adapter])}) as work:
+        with atomic_path(work / "mm_projector.bin") as tmp:
+            torch.save(state, tmp)
+        write_json_atomic(work / SET_ASIDE / "config.json", config)
+        copy_other_files(src, work, {adapter})
+        write_json_atomic(work / "config.json", plugin_config)
+    return report
+
+
+def convert(src: str | Path, dst: str | Path, to_plugin: bool = True, vision_tower: str | None = None,
+            max_shard_size: int = 2 << 30) -> ConversionReport:
+    """Convert a checkpoint folder (or hub id) or a pre-training `.bin` file; ConversionError if it does
+    not fit, before anything is written."""
+    source = resolve(str(src)) if to_plugin else Path(src)
+    if not source.exists():
+        raise ConversionError(f"{source} does not exist")
+    dst = Path(dst)
+    if source.is_file():
+        return convert_adapter(source, dst, to_plugin)
+    if to_plugin:
+        return folder_to_plugin(source, dst, vision_tower, max_shard_size)
+    return folder_from_plugin(source, dst, max_shard_size)

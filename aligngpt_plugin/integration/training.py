@@ -1,0 +1,138 @@
+"""LLaVA's own training with the plugin's flags (`python -m aligngpt_plugin.train`'s API).
+
+    python -m aligngpt_plugin.train --model_name_or_path lmsys/vicuna-7b-v1.5 --version plain \
+        --data_path blip_laion_cc_sbu_558k.json --image_folder images \
+        --vision_tower openai/clip-vit-large-patch14-336 --mm_projector_type mlp2x_gelu \
+        --tune_mm_mlp_adapter True --mm_vision_select_layer -2 --output_dir checkpoints/pretrain ...
+
+Use it wherever LLaVA's scripts call `llava/train/train_mem.py` (with `deepspeed`, `torchrun` or plain
+`python`). It checks the stack, applies `patches/`, picks the attention kernel and calls LLaVA's
+`train()`. Add `--align_levels 8` (and optionally the other `--align_*` flags below) to train AlignGPT
+instead of plain LLaVA: stage 1 is LLaVA's `--tune_mm_mlp_adapter True` run, with an `align_level` in
+every record; stage 2 is LLaVA's fine-tuning run, with `--pretrain_mm_mlp_adapter` pointing at stage
+1's `mm_projector.bin`, which then also holds the level embeddings.
+
+The attention kernel is FlashAttention-2 when `flash-attn` is installed and a GPU is present, else
+torch SDPA; set ALIGNGPT_ATTN_IMPLEMENTATION (flash_attention_2, sdpa, eager) to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+from aligngpt_plugin.core.alignment import GATE_INPUTS, GATE_TEXTS, MODES, AlignmentConfig
+
+ATTN_ENV = "ALIGNGPT_ATTN_IMPLEMENTATION"
+ATTN_CHOICES = ("flash_attention_2", "sdpa", "eager")
+
+
+def pick_attention() -> str:
+    """FlashAttention-2 where it can run, else SDPA (whose flash kernels serve Ampere/Hopper GPUs)."""
+    chosen = os.environ.get(ATTN_ENV)
+    if chosen:
+        if chosen not in ATTN_CHOICES:
+            raise ValueError(f"{ATTN_ENV}={chosen!r}; choose one of {', '.join(ATTN_CHOICES)}")
+        if chosen == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError(f"{ATTN_ENV}=flash_attention_2 but flash-attn is not installed: pip install flash-attn")
+        return chosen
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def alignment_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aligngpt_plugin.train", add_help=False)
+    p.add_argument("--align_levels", type=int, help="N alignment levels: trains AlignGPT instead of LLaVA")
+    p.add_argument("--align_mode", choices=MODES, help="ablation mode (default adaptive)")
+    p.add_argument("--align_fixed_level", type=int, help="the level for --align_mode fixed_level")
+    p.add_argument("--align_gate_input", choices=GATE_INPUTS, help="fixed (public, 576 tokens) or pooled")
+    p.add_argument("--align_gate_text", choices=GATE_TEXTS, help="all (public) or prompt")
+    p.add_argument("--align_gate_tokens", type=int, help="image-token scores the gate reads (default 576)")
+    p.add_argument("--align_gate_hidden_size", type=int, help="gate hidden width (default 256)")
+    return p
+
+
+def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[str]]:
+    """The AlignmentConfig asked for by the `--align_*` flags (None without --align_levels), and the rest."""
+    known, rest = alignment_parser().parse_known_args(argv)
+    values = {k.removeprefix("align_"): v for k, v in vars(known).items() if v is not None}
+    if "levels" not in values:
+        if values:
+            raise SystemExit(f"--align_{next(iter(values))} needs --align_levels N")
+        return None, rest
+    values["num_levels"] = values.pop("levels")
+    return AlignmentConfig(**values), rest
+
+
+def is_pretraining(argv: list[str]) -> bool:
+    """LLaVA's own stage flag, read the way LLaVA's argument parser reads it."""
+    from llava.train.train import ModelArguments
+    from transformers import HfArgumentParser
+
+    (model_args, _) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    return bool(model_args.tune_mm_mlp_adapter)
+
+
+def seed_everything(argv: list[str]) -> int:
+    """Seed every RNG with `--seed` (TrainingArguments' default 42) before LLaVA builds the model.
+
+    LLaVA creates the projector (and the plugin the alignment module) before the HF Trainer seeds, and
+    torch seeds itself randomly at start, so without this two runs with the same --seed differ.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--seed", type=int, default=42)
+    seed = parser.parse_known_args(argv)[0].seed
+    from transformers import set_seed
+
+    set_seed(seed)
+    return seed
+
+
+def run_training(argv: list[str]) -> None:
+    """Run LLaVA's `train()` with the command line `argv` (LLaVA's arguments plus the plugin's)."""
+    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.patches import rewrite_argv
+
+    alignment, argv = split_alignment_args(list(argv))
+    from aligngpt_plugin.integration.patch_training import split_patch_alignment_args
+
+    patch_alignment, argv = split_patch_alignment_args(argv)  # --patch_align_* (METHOD.md section 3)
+    prepare_llava()
+    argv = rewrite_argv(argv)
+    if alignment is not None:
+        from aligngpt_plugin.integration.hooks import enable_aligngpt
+
+        pretraining = is_pretraining(argv)
+        enable_aligngpt(alignment, pretraining)
+    if patch_alignment is not None:  # after enable_aligngpt: wraps its data module and trainer
+        from aligngpt_plugin.integration.patch_training import enable_patch_alignment
+
+        try:
+            enable_patch_alignment(patch_alignment, is_pretraining(argv))
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    attention = pick_attention()
+    seed_everything(argv)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(f"[aligngpt] attention: {attention}", flush=True)
+        if alignment is not None:
+            stage = "pre-training (levels)" if pretraining else "instruction tuning (gate)"
+            print(f"[aligngpt] AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}", flush=True)
+        if patch_alignment is not None:
+            print(f"[aligngpt] patch alignment, weight {patch_alignment.weight}, {patch_alignment.multi}", flush=True)
+
+    from llava.train import train as llava_train
+
+    saved = sys.argv
+    sys.argv = ["aligngpt_plugin.train", *argv]  # LLaVA's train() parses sys.argv itself
+    try:
+        llava_train.train(attn_implementation=attention)
+    finally:
+        sys.argv = saved
+
