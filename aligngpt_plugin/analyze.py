@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from aligngpt_plugin.analysis.run import analyze, collect_images, load_checkpoint
+from aligngpt_plugin.analysis.load import load_checkpoint
+from aligngpt_plugin.analysis.run import analyze, collect_images
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,10 +11,10 @@ The inference itself is LLaVA's eval modules, run by `eval/<benchmark>.sh` (whic
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from aligngpt_plugin.core.fileio import write_json_atomic
 from aligngpt_plugin.evaluation import benchmarks
 
 
@@ -43,9 +43,7 @@ def _score(args) -> int:
     if gates.is_file():
         result["gates"] = str(gates)
     out = Path(args.results_dir) / f"{bench.key}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".tmp").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    out.with_suffix(".tmp").replace(out)
+    write_json_atomic(out, result)
     shown = f"{result['score']:.2f}" if result["score"] is not None else result.get("note", "")
     print(f"{bench.title} ({bench.metric}): {shown}  [{out}]")
     return 0

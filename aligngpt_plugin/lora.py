@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aligngpt_plugin.integration.lora import merge_lora
+from aligngpt_plugin.integration.lora_merge import merge_lora
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def loop_images_per_s(scorer, device, dtype, folder: Path, pairs, n: int) -> flo
     """The obvious way: one record at a time, same model and dtype."""
     import torch
 
-    from aligngpt_plugin.scoring.engine import load_image
+    from aligngpt_plugin.scoring.dataset import load_image
 
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
     with torch.inference_mode(), autocast:
@@ -90,7 +90,7 @@ def memory_run(args) -> None:
     """Child process: one full run; prints peak RSS (and CUDA peak) as JSON."""
     import torch
 
-    from aligngpt_plugin.scoring.engine import ScoreConfig, score_dataset
+    from aligngpt_plugin.scoring import ScoreConfig, score_dataset
 
     config = ScoreConfig(data_path=args.data, image_folder=args.image_folder, output_dir=args.output,
                          model=args.model, pretrained=None, batch_size=args.batch_size,
@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from aligngpt_plugin.scoring import ScoreConfig, score_dataset
     from aligngpt_plugin.scoring.backends import load_scorer
-    from aligngpt_plugin.scoring.engine import ScoreConfig, autocast_dtype, resolve_device, score_dataset
+    from aligngpt_plugin.scoring.distributed import autocast_dtype, resolve_device
 
     gpu = torch.cuda.is_available()
     model = args.model or ("ViT-L-14-336" if gpu else "ViT-B-32")

@@ -219,7 +219,7 @@ def run_script(name: str, checkpoint: Path, eval_dir: Path, results: Path, chunk
 
 
 def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
-    from aligngpt_plugin.evaluation.scorers import read_jsonl
+    from aligngpt_plugin.core.fileio import read_jsonl
 
     eval_dir, results = tmp_path / "eval", tmp_path / "results" / "tiny"
     eval_data.write_pope(tiny, eval_dir)

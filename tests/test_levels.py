@@ -10,9 +10,9 @@ from aligngpt_plugin.core.levels import (
     LevelSplitError,
     assign_levels,
     level_counts,
-    plot_histogram,
     quantile_edges,
 )
+from aligngpt_plugin.scoring.merge import plot_histogram
 
 
 @pytest.mark.parametrize("m,n", [(40, 8), (41, 8), (558, 8), (10, 3), (7, 7), (1000, 2)])

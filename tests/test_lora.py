@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_aligngpt
 
 import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
-from aligngpt_plugin.integration import lora
+from aligngpt_plugin.integration import lora, lora_merge
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 
@@ -141,7 +141,7 @@ def test_merge_without_non_lora_file_says_what_is_missing(tiny, tmp_path):
     save_lora_output(build(tiny), tmp_path)
     (tmp_path / lora.NON_LORA_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="non_lora_trainables.bin is missing"):
-        lora.load_lora_model(tmp_path, tiny.llm)
+        lora_merge.load_lora_model(tmp_path, tiny.llm)
 
 
 def test_merge_refuses_non_lora_weights_without_levels(tiny, tmp_path):
@@ -150,4 +150,4 @@ def test_merge_refuses_non_lora_weights_without_levels(tiny, tmp_path):
     weights = torch.load(path, weights_only=True)
     torch.save({k: v for k, v in weights.items() if "level_embeddings" not in k}, path)
     with pytest.raises(ValueError, match="lacks .*level_embeddings"):
-        lora.load_lora_model(tmp_path, tiny.llm)
+        lora_merge.load_lora_model(tmp_path, tiny.llm)

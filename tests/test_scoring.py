@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aligngpt_plugin.core.fileio import read_jsonl
 from aligngpt_plugin.core.levels import LevelSplitError, assign_levels
 from aligngpt_plugin.score import main as score_main
-from aligngpt_plugin.scoring.engine import ScoreConfig, ScoreError, merge_only, score_dataset
+from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, score_dataset
 from aligngpt_plugin.scoring.records import iter_records, plan_input
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -63,10 +64,6 @@ def cli_args(clip, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--images", str(clip["images"]), "--output", str(out), "--model", str(clip["config"]),
             "--pretrained", str(clip["checkpoint"]), "--chunk-size", "4", "--batch-size", "4", "--num-workers", "1",
             "--decode-threads", "2", "--no-progress", *extra]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:

@@ -230,7 +230,7 @@ def test_lora_script_saves_adapter_gate_and_levels_with_zero3(runs):
 def test_lora_checkpoint_merges_and_loads_back_with_the_same_logits(runs, tiny, llava_ready, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.integration.lora import load_lora_model, merge_lora
+    from aligngpt_plugin.integration.lora_merge import load_lora_model, merge_lora
 
     adapter = runs / "aligngpt-7b-lora"
     merged_dir = merge_lora(adapter, tiny.llm, tmp_path / "merged")

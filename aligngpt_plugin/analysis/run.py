@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from aligngpt_plugin.analysis.load import LoadedModel
+from aligngpt_plugin.analysis.plots import plot_patch_grid, plot_pursuit, plot_spectra
+from aligngpt_plugin.core.fileio import write_json_atomic
 from aligngpt_plugin.core.metrics import (
     label_precision,
     matching_pursuit,
@@ -18,69 +21,6 @@ from aligngpt_plugin.core.metrics import (
 from aligngpt_plugin.core.patch_geometry import parse_record_labels, patch_targets, preprocess_geometry
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    image_processor: object
-    source: str
-
-
-def _is_stage1_folder(path: Path) -> bool:
-    return (path / "mm_projector.bin").is_file() and not any(
-        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                                       "pytorch_model.bin.index.json"))
-
-
-def load_checkpoint(model_path: str | Path, model_base: str | None = None, vision_tower: str | None = None,
-                    device: str = "cpu") -> LoadedModel:
-    """A LLaVA/AlignGPT model with its vision tower loaded, from a full checkpoint folder or a stage-1
-    folder (`mm_projector.bin`) on top of `model_base`.
-
-    Loads through the classes LLaVA (and the plugin) register with AutoConfig / AutoModelForCausalLM, as
-    LLaVA's own builder does for these two layouts, without its dispatch on folder names.
-    """
-    from aligngpt_plugin.integration.compat import prepare_llava
-
-    prepare_llava()
-    import llava.model  # noqa: F401  (registers llava_llama)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    import aligngpt_plugin.integration.model  # noqa: F401  (registers aligngpt_llava)
-
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: give a LLaVA/AlignGPT checkpoint folder or a "
-                                "pre-training output folder (config.json + mm_projector.bin)")
-    config = AutoConfig.from_pretrained(path)
-    if getattr(config, "mm_vision_tower", None) is None and vision_tower is None:
-        raise ValueError(f"{path}/config.json names no vision tower (mm_vision_tower): it is not a LLaVA "
-                         "checkpoint; pass --vision-tower to use one anyway")
-    if vision_tower is not None:
-        config.mm_vision_tower = vision_tower
-    if _is_stage1_folder(path):
-        base = model_base
-        if not base:  # LLaVA's stage-1 config does not record the LLM it started from
-            raise ValueError(f"{path} holds only mm_projector.bin: pass --model-base, the LLM it was trained on")
-        model = AutoModelForCausalLM.from_pretrained(base, config=config)
-        weights = torch.load(path / "mm_projector.bin", map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise ValueError(f"{path}/mm_projector.bin has weights this model lacks: {unexpected[:4]}")
-        tokenizer_from = base
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer_from = path if (path / "tokenizer_config.json").is_file() else (model_base or path)
-    tower = model.get_vision_tower()
-    if vision_tower is not None:
-        tower.vision_tower_name = vision_tower
-    if not tower.is_loaded:
-        tower.load_model()
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, use_fast=False)
-    return LoadedModel(model, tokenizer, tower.image_processor, str(path))
 
 
 def candidate_words(tokenizer, vocab_size: int, mode: str = "alpha") -> torch.Tensor:
@@ -248,7 +188,7 @@ def analyze(loaded: LoadedModel, inputs: list[ImageInput], out: Path, top_k: int
     report = {"model": loaded.source, "settings": {"top_k": top_k, "mp_atoms": mp_atoms, "vocab": vocab,
                                                    "min_overlap": min_overlap, "grid": grid, "aspect": aspect},
               "aggregate": aggregate, "images": per_image}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_json_atomic(out / "report.json", report, indent=1)
     plot_spectra(out / "spectrum.png", before_all["singular_values"], after_all["singular_values"])
     plot_pursuit(out / "pursuit.png", aggregate["pursuit_residual"])
     return report
@@ -260,68 +200,3 @@ def _short(s: dict) -> dict:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, words: list[str],
-                    labelled: list[int], title: str = "") -> None:
-    """The processed image, its patch grid, labelled patches outlined in red, each patch's top word."""
-    plt = _pyplot()
-    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(processor.image_std).view(3, 1, 1)
-    picture = (pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-    size = picture.shape[0]
-    cell = size / grid
-    fig = plt.figure(figsize=(10, 10.4), dpi=120)
-    ax = fig.add_axes((0.01, 0.01, 0.98, 0.94))
-    ax.imshow(picture, extent=(0, size, size, 0), alpha=0.55)  # faded, so the words stay readable
-    for i in range(grid + 1):
-        ax.axhline(i * cell, color="white", lw=0.3, alpha=0.6)
-        ax.axvline(i * cell, color="white", lw=0.3, alpha=0.6)
-    for n in labelled:
-        r, c = divmod(n, grid)
-        ax.add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, ec="red", lw=1.0))
-    font = max(2.5, 90 / grid)
-    for n, word in enumerate(words):
-        r, c = divmod(n, grid)
-        ax.text((c + 0.5) * cell, (r + 0.5) * cell, word.replace("\u2581", ""), ha="center", va="center",
-                fontsize=font, color="black")
-    ax.set_xlim(0, size)
-    ax.set_ylim(size, 0)
-    ax.set_axis_off()
-    ax.set_title(title)
-    fig.savefig(path)  # no tight_layout: it measures every one of the grid's words
-    plt.close(fig)
-
-
-def plot_spectra(path: Path, before: list[float], after: list[float]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.semilogy(range(1, len(before) + 1), before, label="before projector (vision tower)")
-    ax.semilogy(range(1, len(after) + 1), after, label="after projector (LLM input)")
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value / sum")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_pursuit(path: Path, residual: list[float]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(range(len(residual)), residual, marker="o")
-    ax.set_xlabel("atoms (word embeddings)")
-    ax.set_ylabel("residual norm / patch norm")
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Alignment levels from CLIP scores: equal-count quantile edges, applying edges, `levels.json`, a histogram.
+"""Alignment levels from CLIP scores: equal-count quantile edges, applying edges, `levels.json`.
 
 A level is the number of edges at or below a score: with edges e_1 < ... < e_{N-1}, level 0 holds scores
 below e_1 and level N-1 scores at or above e_{N-1}; 0 is the lowest similarity (METHOD.md section 1).
@@ -10,11 +10,12 @@ the same levels. With distinct scores the levels hold equal counts (they differ 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from aligngpt_plugin.core.fileio import write_json_atomic
 
 LEVELS_FORMAT = "aligngpt-levels/1"
 
@@ -80,7 +81,7 @@ class LevelsFile:
     format: str = LEVELS_FORMAT
 
     def write(self, path: str | Path) -> None:
-        write_atomic(Path(path), json.dumps(asdict(self), indent=1) + "\n")
+        write_json_atomic(path, asdict(self), indent=1)
 
     @classmethod
     def read(cls, path: str | Path) -> LevelsFile:
@@ -111,37 +112,3 @@ def score_stats(scores: np.ndarray) -> dict[str, float]:
         return {}
     return {"min": float(scores.min()), "max": float(scores.max()), "mean": round(float(scores.mean()), 6),
             "median": float(np.median(scores))}
-
-
-def plot_histogram(scores: np.ndarray, edges: list[float], path: str | Path, title: str = "") -> None:
-    """A histogram of the scores with the level edges drawn, as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    ax = fig.subplots()
-    ax.hist(np.asarray(scores, dtype=np.float64), bins=min(100, max(10, int(np.sqrt(len(scores))))),
-            color="#4c72b0", edgecolor="white", linewidth=0.3)
-    for k, edge in enumerate(edges, start=1):
-        ax.axvline(edge, color="#c44e52", linewidth=1, linestyle="--")
-        ax.text(edge, ax.get_ylim()[1] * 0.97, str(k), color="#c44e52", ha="left", va="top", fontsize=8)
-    ax.set_xlabel("CLIP image-caption cosine similarity")
-    ax.set_ylabel("records")
-    ax.set_title(title or f"{len(scores)} scores, {len(edges) + 1} levels (dashed: first score of level k)")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

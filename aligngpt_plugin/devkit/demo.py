@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 
+from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic
 from aligngpt_plugin.devkit import pipeline
 from aligngpt_plugin.devkit.fixtures import FixtureSpec, write_fixtures
 
@@ -75,12 +76,12 @@ def run(out: Path, pretrain_epochs: float = 3, finetune_epochs: float = 3, level
     gates.unlink(missing_ok=True)  # the dump appends: a rerun starts afresh
     pipeline.answer_questions(ft_dir, fx, answers, log=logs / "eval.log", gate_dump=gates)
     summary["colour_accuracy"] = pipeline.answer_accuracy(answers, fx.questions)
-    summary["answers"] = [a["text"] for a in pipeline.read_jsonl(answers)]
+    summary["answers"] = [a["text"] for a in read_jsonl(answers)]
     gate_summary = analyse({"demo": (answers, gates)}, eval_dir)["benchmarks"]["demo"]
     summary["gate_mean_weights"] = gate_summary["mean_weights"]
     summary["gate_mean_entropy"] = gate_summary["mean_entropy"]
     summary["seconds"] = round(time.time() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "summary.json", summary, indent=1)
     step("done")
     print(f"levels: {summary['level_counts']} records per level ({levelled})")
     print(f"pre-training loss {summary['pretrain_loss'][0]:.3f} -> {summary['pretrain_loss'][-1]:.3f}; "

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aligngpt_plugin.core.fileio import read_jsonl
 from aligngpt_plugin.devkit.fixtures import FixturePaths
 
 
@@ -118,10 +119,6 @@ def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path | N
         "--max_new_tokens", str(max_new_tokens),
     ], log, env={GATE_DUMP_ENV: str(gate_dump)} if gate_dump else None)
     return answers
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def answer_accuracy(answers: Path, questions: Path) -> float:

@@ -9,11 +9,11 @@ per-benchmark means, which is what would show the gate treating tasks differentl
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from aligngpt_plugin.evaluation.scorers import AnswersError, read_jsonl
+from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic
+from aligngpt_plugin.evaluation.scorers import AnswersError
 
 
 def join_gates(answers: str | Path, gates: str | Path) -> list[dict]:
@@ -86,7 +86,7 @@ def analyse(pairs: dict[str, tuple[str | Path, str | Path]], out_dir: str | Path
     per_benchmark = {k: summarise(v) for k, v in samples.items()}
     summary = {"benchmarks": per_benchmark, **compare(per_benchmark)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gates.json").write_text(json.dumps({"summary": summary, "samples": samples}))
+    write_json_atomic(out_dir / "gates.json", {"summary": summary, "samples": samples}, indent=None)
     if any(s.get("mean_weights") for s in per_benchmark.values()):
         summary["heatmap"] = str(plot_heatmap(per_benchmark, out_dir / "gate_heatmap.png"))
     return summary

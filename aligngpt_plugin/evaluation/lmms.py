@@ -12,6 +12,8 @@ CUDA it runs on the CPU (lmms-eval's class assumes `cuda:0`).
 
 from __future__ import annotations
 
+from aligngpt_plugin.integration.configuration import MODEL_TYPE
+
 MODEL_ID = "aligngpt"
 CLASS_PATH = "aligngpt_plugin.evaluation.lmms_model.AlignGPT"
 
@@ -20,4 +22,4 @@ def manifest():
     """The `lmms_eval.models` entry point: lmms-eval calls it when it collects external models."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH, aliases=("aligngpt_llava",))
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH, aliases=(MODEL_TYPE,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from aligngpt_plugin.core.fileio import write_text_atomic
 from aligngpt_plugin.evaluation.benchmarks import BENCHMARKS
 
 # METHOD.md section 4 (AlignGPT paper / project README; LLaVA model zoo). LLaVA-1.5's SEED is SEED-all.
@@ -60,5 +61,5 @@ def write_report(results_dirs: list[str | Path], out: str | Path | None = None) 
     text = markdown_table(runs)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        write_text_atomic(out, text)
     return text

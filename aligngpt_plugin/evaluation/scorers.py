@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
 from aligngpt_plugin.evaluation.benchmarks import Benchmark
 
 MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -29,27 +30,12 @@ class AnswersError(ValueError):
     """An answers file that cannot be scored as it is."""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise AnswersError(f"{path}:{n} is not a JSON line ({e}); rerun the inference for it") from e
-    return rows
-
-
 def _answers_by_id(path: Path) -> dict:
     return {row["question_id"]: row for row in read_jsonl(path)}
 
 
-def _write_json(path: Path, value) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False))
-    tmp.replace(path)
+def write_json(path: Path, value) -> Path:
+    write_json_atomic(path, value)
     return path
 
 
@@ -144,7 +130,7 @@ def score_gqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     `testdev_balanced_predictions.json` where GQA's own eval.py looks for it."""
     questions = json.loads((eval_dir / "gqa/data/testdev_balanced_questions.json").read_text())
     preds = {str(r["question_id"]): r["text"].rstrip(".").lower() for r in read_jsonl(answers)}
-    _write_json(eval_dir / "gqa/data/testdev_balanced_predictions.json",
+    write_json(eval_dir / "gqa/data/testdev_balanced_predictions.json",
                 [{"questionId": q, "prediction": p} for q, p in preds.items()])
     correct = sum(1 for qid, q in questions.items() if preds.get(str(qid)) == q["answer"])
     missing = sum(1 for qid in questions if str(qid) not in preds)
@@ -213,10 +199,8 @@ def score_seed(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
         totals[q["data_type"]] += 1
         correct[q["data_type"]] += results.get(str(q["question_id"])) == q["answer"]
     upload = eval_dir / "seed_bench/answers_upload" / f"{ckpt}.jsonl"
-    upload.parent.mkdir(parents=True, exist_ok=True)
-    upload.write_text("".join(json.dumps({"question_id": q["question_id"],
-                                          "prediction": results.get(str(q["question_id"]), "")}) + "\n"
-                              for q in data["questions"]))
+    write_jsonl_atomic(upload, ({"question_id": q["question_id"], "prediction": results.get(str(q["question_id"]), "")}
+                                for q in data["questions"]))
     accuracy = {t: 100 * correct[t] / totals[t] for t in totals}
     return {"score": accuracy.get("image"), "count": sum(totals.values()),
             "details": {"accuracy_by_type": accuracy}, "files": {"upload": str(upload)}}
@@ -236,7 +220,7 @@ def submit_vqav2(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     split = read_jsonl(eval_dir / "vqav2/llava_vqav2_mscoco_test2015.jsonl")
     rows = [{"question_id": x["question_id"], "answer": _evalai(results[x["question_id"]])
              if x["question_id"] in results else ""} for x in split]
-    dst = _write_json(eval_dir / "vqav2/answers_upload/llava_vqav2_mscoco_test-dev2015" / f"{ckpt}.json", rows)
+    dst = write_json(eval_dir / "vqav2/answers_upload/llava_vqav2_mscoco_test-dev2015" / f"{ckpt}.json", rows)
     return {"score": None, "count": len(results), "files": {"upload": str(dst)},
             "note": "submit the upload file to the VQAv2 test-dev server on EvalAI"}
 
@@ -249,7 +233,7 @@ def submit_vizwiz(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
         raise AnswersError(f"{answers} has no answer for {len(missing)} VizWiz questions (first: {missing[:3]}); "
                            "the server needs all of them: rerun the inference")
     rows = [{"image": x["image"], "answer": _evalai(results[x["question_id"]])} for x in split]
-    dst = _write_json(eval_dir / "vizwiz/answers_upload" / f"{ckpt}.json", rows)
+    dst = write_json(eval_dir / "vizwiz/answers_upload" / f"{ckpt}.json", rows)
     return {"score": None, "count": len(rows), "files": {"upload": str(dst)},
             "note": "submit the upload file to the VizWiz-VQA server on EvalAI"}
 
@@ -290,7 +274,7 @@ def gpt_llava_w(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 
 def gpt_mmvet(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     results = {f"v1_{r['question_id']}": r["text"] for r in read_jsonl(answers)}
-    dst = _write_json(eval_dir / "mm-vet/results" / f"{ckpt}.json", results)
+    dst = write_json(eval_dir / "mm-vet/results" / f"{ckpt}.json", results)
     return {"score": None, "count": len(results), "files": {"results": str(dst)},
             "note": "MM-Vet is judged by GPT-4: evaluate the results file with MM-Vet's official evaluator"}
 

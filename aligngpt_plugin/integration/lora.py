@@ -1,4 +1,4 @@
-"""LoRA and QLoRA fine-tuning of AlignGPT through LLaVA's `--lora_enable` / `--bits 4`, and merging.
+"""LoRA and QLoRA fine-tuning of AlignGPT through LLaVA's `--lora_enable` / `--bits 4`.
 
 LLaVA's LoRA path needs three changes for AlignGPT, which `enable_lora_support` (called by
 `hooks.enable_aligngpt`) and `quantized_loading_kwargs` (called by its model loader) make:
@@ -13,15 +13,12 @@ LLaVA's LoRA path needs three changes for AlignGPT, which `enable_lora_support` 
 - QLoRA: bitsandbytes would quantise the gate's Linear layers with the LLM; the alignment module is added
   to the modules it skips, so the gate and the levels stay in fp32 (peft's k-bit preparation upcasts them).
 
-`merge_lora` rebuilds the model from the base LLM, `non_lora_trainables.bin` and the adapter (unquantised,
-also for a QLoRA adapter), merges the LoRA weights in and saves a full checkpoint that
-`AutoModelForCausalLM.from_pretrained` loads as `AlignGPTLlamaForCausalLM`.
+Merging an adapter into a full checkpoint: `aligngpt_plugin.integration.lora_merge`.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 ALIGNMENT_MODULE = "alignment"
 NON_LORA_FILE = "non_lora_trainables.bin"
@@ -78,62 +75,3 @@ def quantized_loading_kwargs(kwargs: dict) -> dict:
     if ALIGNMENT_MODULE not in skip:
         quant.llm_int8_skip_modules = [*skip, ALIGNMENT_MODULE]
     return kwargs
-
-
-def read_non_lora_weights(adapter_dir: str | Path) -> dict:
-    """`non_lora_trainables.bin` with peft's `base_model.model.` prefix removed (model-level keys)."""
-    import torch
-
-    path = Path(adapter_dir) / NON_LORA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {adapter_dir} is not a LoRA output of LLaVA's train() "
-                                "(expected adapter_config.json, adapter_model.safetensors and non_lora_trainables.bin)")
-    weights = torch.load(path, map_location="cpu", weights_only=True)
-    return {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()}
-
-
-def load_lora_model(adapter_dir: str | Path, base: str | Path, torch_dtype=None):
-    """The LoRA model as trained (a peft `PeftModel`, not merged) on the unquantised base LLM.
-
-    The architecture comes from the adapter folder's `config.json` (AlignGPT or LLaVA), the LLM weights
-    from `base`, the projector and alignment weights from `non_lora_trainables.bin`, the LoRA weights
-    from the adapter. The vision tower is loaded from the path in the config.
-    """
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    import aligngpt_plugin.integration.model  # noqa: F401  registers the AlignGPT config and model
-
-    adapter_dir = Path(adapter_dir)
-    config = AutoConfig.from_pretrained(adapter_dir)
-    if hasattr(config, "quantization_config"):  # a QLoRA run: merge into the full-precision LLM
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_pretrained(base, config=config, torch_dtype=torch_dtype)
-    weights = read_non_lora_weights(adapter_dir)
-    own = model.state_dict()
-    unknown = sorted(k for k in weights if k not in own)
-    if unknown:
-        raise ValueError(f"{adapter_dir / NON_LORA_FILE} has weights this model lacks: {unknown[:4]}; was it "
-                         f"trained with the same --align_levels and projector as {adapter_dir / 'config.json'}?")
-    needed = [k for k in own if k.startswith(("model.mm_projector.", f"model.{ALIGNMENT_MODULE}."))]
-    missing = [k for k in needed if k not in weights]
-    if missing:
-        raise ValueError(f"{adapter_dir / NON_LORA_FILE} lacks {missing[:4]}: without them the merged model "
-                         "would keep random weights; retrain with the plugin's train entry point")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
-    vision = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
-    if vision is not None and not vision.is_loaded:
-        vision.load_model()
-        vision.to(dtype=model.dtype)
-    return PeftModel.from_pretrained(model, adapter_dir)
-
-
-def merge_lora(adapter_dir: str | Path, base: str | Path, out: str | Path, torch_dtype=None) -> Path:
-    """Merge a LoRA/QLoRA output of LLaVA's train() into a full checkpoint in `out`; returns `out`."""
-    from transformers import AutoTokenizer
-
-    merged = load_lora_model(adapter_dir, base, torch_dtype).merge_and_unload()
-    out = Path(out)
-    merged.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base, use_fast=False).save_pretrained(out)
-    return out

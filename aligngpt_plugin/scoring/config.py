@@ -1,0 +1,85 @@
+"""What a scoring run is asked to do (`ScoreConfig`) and what it did (`ScoreSummary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aligngpt_plugin.scoring.backends import DEFAULT_MODEL, DEFAULT_PRETRAINED, is_transformers_clip
+from aligngpt_plugin.scoring.records import CAPTION_MODES
+
+
+class ScoreError(RuntimeError):
+    """A record could not be scored under --strict, or a run's outputs are inconsistent."""
+
+
+@dataclass
+class ScoreConfig:
+    """Everything a scoring run needs; the CLI flags map one to one."""
+
+    data_path: str = field(metadata={"help": "LLaVA data file: a JSON array or JSON Lines of records"})
+    image_folder: str = field(metadata={"help": "folder the records' `image` paths are relative to"})
+    output_dir: str = field(metadata={"help": "where the outputs (and work/, the resumable shards) go"})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "open_clip model name, open_clip config .json, hf-hub:/local-dir:, or hf:PATH (transformers CLIP)"})
+    pretrained: str | None = field(default=DEFAULT_PRETRAINED, metadata={
+        "help": "open_clip pretrained tag or local checkpoint file; empty for random weights"})
+    num_levels: int | None = field(default=None, metadata={
+        "help": "equal-count levels N (default 8, or the levels file's); 0 = lowest similarity"})
+    levels_from: str | None = field(default=None, metadata={"help": "apply the edges of this levels.json instead"})
+    caption: Literal["gpt-first", "gpt-last", "gpt-all"] = field(default="gpt-first", metadata={
+        "help": "which gpt turn is the caption (gpt-all joins every gpt turn of a conversation)"})
+    caption_field: str | None = field(default=None, metadata={"help": "take the caption from this record field"})
+    batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
+    num_workers: int = field(default=-1, metadata={"help": "DataLoader workers (-1: one per CPU core, at most 16)"})
+    decode_threads: int = field(default=4, metadata={"help": "threads decoding one batch's images in a worker"})
+    chunk_size: int = field(default=8192, metadata={"help": "records per shard (the unit of resuming)"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK if available), cpu, cuda, ..."})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "autocast dtype; auto is bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere"})
+    strict: bool = field(default=False, metadata={"help": "stop at the first record that cannot be scored"})
+    drop_errors: bool = field(default=False, metadata={
+        "help": "leave records that could not be scored out of the levelled dataset (default: keep, no level)"})
+    overwrite: bool = field(default=False, metadata={"help": "discard a previous run's shards in output_dir"})
+    merge: bool = field(default=True, metadata={"help": "write the outputs after scoring (rank 0)"})
+    rank: int | None = field(default=None, metadata={"help": "this job's shard, for jobs run without torchrun"})
+    world_size: int | None = field(default=None, metadata={"help": "number of shards, with --rank"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar with images/s"})
+    chunk_delay_s: float = field(default=0.0, metadata={"help": "sleep after each chunk (kill/resume tests)"})
+
+    def __post_init__(self) -> None:
+        if self.caption not in CAPTION_MODES:
+            raise ValueError(f"caption={self.caption!r}; choose one of {CAPTION_MODES}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r}; choose auto, fp32, bf16 or fp16")
+        for name in ("batch_size", "chunk_size", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.levels_from is None and self.num_levels is None:
+            self.num_levels = 8
+        if self.num_levels is not None and self.num_levels < 2:
+            raise ValueError(f"num_levels={self.num_levels}: at least 2 levels are needed")
+        if (self.rank is None) != (self.world_size is None):
+            raise ValueError("give --rank and --world-size together (or neither, and use torchrun)")
+        if self.rank is not None and not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} is outside 0..{self.world_size - 1}")
+        self.pretrained = self.pretrained or None
+        if is_transformers_clip(self.model):
+            self.pretrained = None  # the folder holds the weights
+
+
+@dataclass
+class ScoreSummary:
+    """What a run did; also written to summary.json (the timing fields vary between runs)."""
+
+    records: int
+    scored: int
+    errors: dict[str, int]
+    counts: list[int]
+    edges: list[float]
+    outputs: dict[str, str]
+    chunks_scored_now: int = 0
+    images_scored_now: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    device: str = ""

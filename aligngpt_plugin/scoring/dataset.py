@@ -1,0 +1,109 @@
+"""The data side of scoring: DataLoader workers read their chunks of the data file, decode the images of a
+batch in threads, preprocess them and tokenize the captions; a bad record becomes an error line, never an
+exception."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aligngpt_plugin.scoring.config import ScoreConfig
+from aligngpt_plugin.scoring.records import InputPlan, caption_of, iter_records
+from aligngpt_plugin.scoring.records import record_problem as static_problem
+
+
+def load_image(path: Path):
+    """The image as RGB, fully decoded (a truncated file fails here, not later)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+def image_problem(path: Path, error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"image file not found: {path}"
+    return f"cannot decode image: {path}: {type(error).__name__}: {error}"
+
+
+class ChunkBatches(torch.utils.data.IterableDataset):
+    """Yields ready batches of the given chunks; worker w of n takes every n-th chunk.
+
+    Nothing raises for a bad record: its problem comes back in the batch's `errors`.
+    """
+
+    def __init__(self, plan: InputPlan, chunks: list[int], image_folder: str, preprocess, tokenize,
+                 config: ScoreConfig):
+        self.plan, self.chunks, self.folder = plan, chunks, Path(image_folder)
+        self.preprocess, self.tokenize = preprocess, tokenize
+        self.batch_size, self.threads = config.batch_size, config.decode_threads
+        self.caption, self.caption_field = config.caption, config.caption_field
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.chunks if info is None else self.chunks[info.id::info.num_workers]
+        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        try:
+            for chunk in mine:
+                yield from self._chunk_batches(chunk, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _chunk_batches(self, chunk: int, pool) -> Iterator[dict]:
+        span = self.plan.chunk_range(chunk)
+        records = islice(iter_records(self.plan.path, self.plan.chunk_offsets[chunk]), len(span))
+        pending: list[tuple[int, Any, str, str]] = []  # index, id, image, caption
+        errors: list[dict] = []
+        batches = []
+        for index, (_, record) in zip(span, records):
+            problem = static_problem(record, self.caption, self.caption_field)
+            if problem is None and index in self.plan.duplicates:
+                problem = f"duplicate id: first at record {self.plan.duplicates[index]}"
+            if problem is not None:
+                ident = record.get("id") if isinstance(record, dict) else None
+                image = record.get("image") if isinstance(record, dict) else None
+                errors.append({"index": index, "id": ident, "image": image, "error": problem})
+                continue
+            pending.append((index, record["id"], record["image"], caption_of(record, self.caption,
+                                                                             self.caption_field)))
+            if len(pending) == self.batch_size:
+                batches.append(pending)
+                pending = []
+        if pending or not batches:
+            batches.append(pending)
+        for b, items in enumerate(batches):
+            out = self._batch(items, pool)
+            out["chunk"], out["last"] = chunk, b == len(batches) - 1
+            if b == 0:
+                out["errors"] = errors + out["errors"]
+            yield out
+
+    def _prepare(self, item: tuple[int, Any, str, str]):
+        path = self.folder / item[2]
+        try:
+            return self.preprocess(load_image(path))
+        except Exception as e:  # any failure of one image is that record's error, never the run's
+            return image_problem(path, e)
+
+    def _batch(self, items: list[tuple[int, Any, str, str]], pool) -> dict:
+        prepared = list(pool.map(self._prepare, items)) if pool is not None and len(items) > 1 else \
+            [self._prepare(item) for item in items]
+        good = [(item, p) for item, p in zip(items, prepared) if isinstance(p, torch.Tensor)]
+        errors = [{"index": item[0], "id": item[1], "image": item[2], "error": p}
+                  for item, p in zip(items, prepared) if not isinstance(p, torch.Tensor)]
+        batch = {"indices": [item[0] for item, _ in good], "ids": [item[1] for item, _ in good],
+                 "errors": errors, "pixels": None, "tokens": None}
+        if good:
+            batch["pixels"] = torch.stack([p for _, p in good])
+            batch["tokens"] = self.tokenize([item[3] for item, _ in good])
+        return batch
+
+
+def collate_identity(batch):
+    return batch

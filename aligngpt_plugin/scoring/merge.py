@@ -1,0 +1,125 @@
+"""The outputs of a scoring run, from its finished shards: scores.jsonl, errors.jsonl, the dataset with
+`align_level`, levels.json and the histogram, each written atomically."""
+
+from __future__ import annotations
+
+import json
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+from aligngpt_plugin.core.fileio import atomic_open, atomic_path
+from aligngpt_plugin.core.levels import LevelsFile, assign_levels, level_counts, quantile_edges, score_stats
+from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
+from aligngpt_plugin.scoring.records import InputPlan, iter_records
+from aligngpt_plugin.scoring.work import shard_path
+
+
+def output_paths(config: ScoreConfig, plan: InputPlan | None = None) -> dict[str, Path]:
+    out = Path(config.output_dir)
+    data = Path(config.data_path)
+    suffix = ".jsonl" if (plan.format if plan else data.suffix.lstrip(".")) == "jsonl" else ".json"
+    return {"scores": out / "scores.jsonl", "errors": out / "errors.jsonl",
+            "dataset": out / f"{data.stem}_levels{suffix}", "levels": out / "levels.json",
+            "histogram": out / "scores_histogram.png", "summary": out / "summary.json"}
+
+def merge_outputs(config: ScoreConfig, plan: InputPlan) -> ScoreSummary:
+    """Read every shard and write the outputs. Raises ScoreError naming the chunks still missing."""
+    missing = [c for c in range(plan.num_chunks) if not shard_path(config.output_dir, c).is_file()]
+    if missing:
+        raise ScoreError(f"{len(missing)} of {plan.num_chunks} chunks are not scored yet (first: {missing[:5]}); "
+                         "run the scoring again with the same arguments to finish them")
+    paths = output_paths(config, plan)
+    indices, scores = array("q"), array("d")
+    reasons: dict[str, int] = {}
+    errored = array("q")
+    with atomic_open(paths["scores"]) as score_file, atomic_open(paths["errors"]) as error_file:
+        for chunk in range(plan.num_chunks):
+            for line in shard_path(config.output_dir, chunk).read_text().splitlines():
+                item = json.loads(line)
+                if "score" in item:
+                    indices.append(item["index"])
+                    scores.append(item["score"])
+                    score_file.write(json.dumps({"index": item["index"], "id": item["id"],
+                                                 "score": item["score"]}) + "\n")
+                else:
+                    errored.append(item["index"])
+                    kind = _reason_kind(item["error"])
+                    reasons[kind] = reasons.get(kind, 0) + 1
+                    error_file.write(json.dumps(item) + "\n")
+    score_arr = np.frombuffer(scores, dtype=np.float64) if scores else np.zeros(0)
+    if config.levels_from:
+        source = LevelsFile.read(config.levels_from)
+        if config.num_levels not in (None, source.num_levels):
+            raise ScoreError(f"--levels {config.num_levels} contradicts {config.levels_from} "
+                             f"({source.num_levels} levels); drop one of them")
+        num_levels, edges = source.num_levels, list(source.edges)
+    else:
+        num_levels, edges = config.num_levels, quantile_edges(score_arr, config.num_levels)
+    levels = assign_levels(score_arr, edges)
+    counts = level_counts(levels, num_levels)
+    _write_levelled_dataset(config, plan, np.frombuffer(indices, dtype=np.int64) if indices else
+                            np.zeros(0, np.int64), levels, set(errored), paths["dataset"])
+    levels_file = LevelsFile(
+        num_levels=num_levels, edges=edges, model=config.model, pretrained=config.pretrained, counts=counts,
+        input_path=str(config.data_path), input_sha256=plan.sha256, records=plan.records,
+        scored=len(scores), errors=dict(sorted(reasons.items())), caption=config.caption_field and
+        f"field:{config.caption_field}" or config.caption,
+        edges_from=str(config.levels_from) if config.levels_from else None, score_stats=score_stats(score_arr))
+    levels_file.write(paths["levels"])
+    plot_histogram(score_arr, edges, paths["histogram"],
+                   f"{Path(config.data_path).name}: {len(scores)} scores, {num_levels} levels ({config.model})")
+    return ScoreSummary(records=plan.records, scored=len(scores), errors=levels_file.errors, counts=counts,
+                        edges=edges, outputs={k: str(v) for k, v in paths.items()})
+
+def _reason_kind(reason: str) -> str:
+    """The error's kind, for counting: every reason reads "kind: detail"."""
+    return reason.split(":", 1)[0]
+
+def _write_levelled_dataset(config: ScoreConfig, plan: InputPlan, indices: np.ndarray, levels: np.ndarray,
+                            errored: set[int], path: Path) -> None:
+    """The input with `align_level` on every scored record (levels of an earlier split are replaced)."""
+    order = np.argsort(indices, kind="stable")
+    level_of = iter(zip(indices[order].tolist(), levels[order].tolist()))
+    next_scored = next(level_of, (None, None))
+    jsonl = plan.format == "jsonl"
+    written = 0
+    with atomic_open(path) as out:
+        if not jsonl:
+            out.write("[\n")
+        for index, (_, record) in enumerate(iter_records(plan.path)):
+            if isinstance(record, dict):
+                record = {k: v for k, v in record.items() if k not in ("align_level", "similarity")}
+            if next_scored[0] == index:
+                record["align_level"] = next_scored[1]
+                next_scored = next(level_of, (None, None))
+            elif config.drop_errors and index in errored:
+                continue
+            text = json.dumps(record, ensure_ascii=False)
+            out.write(text + "\n" if jsonl else ("" if written == 0 else ",\n") + text)
+            written += 1
+        if not jsonl:
+            out.write("\n]\n")
+
+
+def plot_histogram(scores: np.ndarray, edges: list[float], path: str | Path, title: str = "") -> None:
+    """A histogram of the scores with the level edges drawn, as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.subplots()
+    ax.hist(np.asarray(scores, dtype=np.float64), bins=min(100, max(10, int(np.sqrt(len(scores))))),
+            color="#4c72b0", edgecolor="white", linewidth=0.3)
+    for k, edge in enumerate(edges, start=1):
+        ax.axvline(edge, color="#c44e52", linewidth=1, linestyle="--")
+        ax.text(edge, ax.get_ylim()[1] * 0.97, str(k), color="#c44e52", ha="left", va="top", fontsize=8)
+    ax.set_xlabel("CLIP image-caption cosine similarity")
+    ax.set_ylabel("records")
+    ax.set_title(title or f"{len(scores)} scores, {len(edges) + 1} levels (dashed: first score of level k)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
