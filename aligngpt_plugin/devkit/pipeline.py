@@ -34,36 +34,19 @@ class StageSettings:
 
 
 def _common(fx: FixturePaths, out: Path, s: StageSettings) -> list[str]:
-    return [
-        "--model_name_or_path", str(fx.llm),
-        "--image_folder", str(fx.images),
-        "--vision_tower", str(fx.clip),
-        "--mm_projector_type", "mlp2x_gelu",
-        "--mm_vision_select_layer", "-2",
-        "--mm_use_im_start_end", "False",
-        "--mm_use_im_patch_token", "False",
-        "--output_dir", str(out),
-        "--num_train_epochs", str(s.epochs),
-        "--max_steps", str(s.max_steps),
-        "--per_device_train_batch_size", str(s.batch_size),
-        "--per_device_eval_batch_size", "4",
-        "--gradient_accumulation_steps", "1",
-        "--evaluation_strategy", "no",  # as LLaVA's scripts write it (renamed by patches/)
-        "--save_strategy", "steps",
-        "--save_steps", str(s.save_steps),
-        "--save_total_limit", str(s.save_total_limit),
-        "--learning_rate", str(s.learning_rate),
-        "--weight_decay", "0.",
-        "--warmup_ratio", "0.03",
-        "--lr_scheduler_type", "cosine",
-        "--logging_steps", str(s.logging_steps),
-        "--model_max_length", "2048",
-        "--gradient_checkpointing", "True",
-        "--dataloader_num_workers", "0",
-        "--lazy_preprocess", "True",
-        "--report_to", "none",
-        "--seed", str(s.seed),
-    ]
+    flags = {
+        "model_name_or_path": fx.llm, "image_folder": fx.images, "vision_tower": fx.clip,
+        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False, "output_dir": out, "num_train_epochs": s.epochs, "max_steps": s.max_steps,
+        "per_device_train_batch_size": s.batch_size, "per_device_eval_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "evaluation_strategy": "no",  # as LLaVA's scripts write it (renamed by patches/)
+        "save_strategy": "steps", "save_steps": s.save_steps, "save_total_limit": s.save_total_limit,
+        "learning_rate": s.learning_rate, "weight_decay": "0.", "warmup_ratio": 0.03, "lr_scheduler_type": "cosine",
+        "logging_steps": s.logging_steps, "model_max_length": 2048, "gradient_checkpointing": True,
+        "dataloader_num_workers": 0, "lazy_preprocess": True, "report_to": "none", "seed": s.seed,
+    }
+    return [part for name, value in flags.items() for part in (f"--{name}", str(value))]
 
 
 def pretrain_args(fx: FixturePaths, out: Path, settings: StageSettings | None = None,

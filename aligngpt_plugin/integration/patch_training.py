@@ -67,8 +67,9 @@ def patch_alignment_parser() -> argparse.ArgumentParser:
 
 def split_patch_alignment_args(argv: list[str]) -> tuple[PatchAlignmentSettings | None, list[str]]:
     """The settings asked for by `--patch_align_*` (None when the weight is absent or 0), and the rest."""
-    known, rest = patch_alignment_parser().parse_known_args(argv)
-    values = {k.removeprefix("patch_align_"): v for k, v in vars(known).items() if v is not None}
+    from aligngpt_plugin.integration.training import given_flags
+
+    values, rest = given_flags(patch_alignment_parser(), argv, "patch_align_")
     if not values.get("weight"):
         others = [k for k in values if k != "weight"]
         if others and "weight" not in values:

@@ -1,19 +1,8 @@
-"""LLaVA's own training with the plugin's flags (`python -m aligngpt_plugin.train`'s API).
-
-    python -m aligngpt_plugin.train --model_name_or_path lmsys/vicuna-7b-v1.5 --version plain \
-        --data_path blip_laion_cc_sbu_558k.json --image_folder images \
-        --vision_tower openai/clip-vit-large-patch14-336 --mm_projector_type mlp2x_gelu \
-        --tune_mm_mlp_adapter True --mm_vision_select_layer -2 --output_dir checkpoints/pretrain ...
-
-Use it wherever LLaVA's scripts call `llava/train/train_mem.py` (with `deepspeed`, `torchrun` or plain
-`python`). It checks the stack, applies `patches/`, picks the attention kernel and calls LLaVA's
-`train()`. Add `--align_levels 8` (and optionally the other `--align_*` flags below) to train AlignGPT
-instead of plain LLaVA: stage 1 is LLaVA's `--tune_mm_mlp_adapter True` run, with an `align_level` in
-every record; stage 2 is LLaVA's fine-tuning run, with `--pretrain_mm_mlp_adapter` pointing at stage
-1's `mm_projector.bin`, which then also holds the level embeddings.
-
-The attention kernel is FlashAttention-2 when `flash-attn` is installed and a GPU is present, else
-torch SDPA; set ALIGNGPT_ATTN_IMPLEMENTATION (flash_attention_2, sdpa, eager) to choose.
+"""The work behind `python -m aligngpt_plugin.train` (usage: `aligngpt_plugin.train`): LLaVA's `train()`
+after the stack check and `patches/`, with the plugin's flags taken off the command line and switched on
+(`--align_*`: AlignGPT; `--patch_align_*`: patch-aligned pre-training), the attention kernel picked
+(FlashAttention-2 when `flash-attn` is installed and a GPU is present, else torch SDPA;
+ALIGNGPT_ATTN_IMPLEMENTATION=flash_attention_2|sdpa|eager chooses) and every RNG seeded.
 """
 
 from __future__ import annotations
@@ -57,10 +46,15 @@ def alignment_parser() -> argparse.ArgumentParser:
     return p
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: list[str], prefix: str) -> tuple[dict, list[str]]:
+    """The flags of `parser` that `argv` gives (names without `prefix`), and the rest of `argv` for LLaVA."""
+    known, rest = parser.parse_known_args(argv)
+    return {k.removeprefix(prefix): v for k, v in vars(known).items() if v is not None}, rest
+
+
 def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[str]]:
     """The AlignmentConfig asked for by the `--align_*` flags (None without --align_levels), and the rest."""
-    known, rest = alignment_parser().parse_known_args(argv)
-    values = {k.removeprefix("align_"): v for k, v in vars(known).items() if v is not None}
+    values, rest = given_flags(alignment_parser(), argv, "align_")
     if "levels" not in values:
         if values:
             raise SystemExit(f"--align_{next(iter(values))} needs --align_levels N")
