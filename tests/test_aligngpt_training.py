@@ -1,4 +1,5 @@
-"""AlignGPT with one flag on LLaVA's own training: pre-train -> fine-tune -> load -> generate.
+"""AlignGPT with one flag on LLaVA's own training: pre-train -> fine-tune -> load -> generate, on each
+language backbone LLaVA ships (Llama, Mistral; MPT is refused with a message).
 
 Without the flag the plugin's entry point is LLaVA's `train()` to the last digit of the loss.
 """
@@ -19,13 +20,37 @@ PRE = pipeline.StageSettings(max_steps=4, save_steps=1000)
 FT = pipeline.StageSettings(max_steps=3, learning_rate=2e-5, save_steps=1000)
 
 
+BACKBONES = {"llama": "AlignGPTLlamaForCausalLM", "mistral": "AlignGPTMistralForCausalLM"}
+
+
 @pytest.fixture(scope="module")
-def aligngpt_runs(tiny, tmp_path_factory):
-    root = tmp_path_factory.mktemp("aligngpt_runs")
-    pre, ft = root / "pretrain", root / "aligngpt-finetune"
-    pipeline.train(pipeline.pretrain_args(tiny, pre, PRE, data=tiny.pretrain_levels, extra=FLAG), log=root / "pre.log")
-    pipeline.train(pipeline.finetune_args(tiny, pre / "mm_projector.bin", ft, FT, extra=FLAG), log=root / "ft.log")
-    return root, pre, ft
+def trained(tiny, tmp_path_factory):
+    """Both stages with --align_levels 8 on a backbone's tiny LLM (each run once per module)."""
+    runs = {}
+
+    def run(backbone: str):
+        if backbone not in runs:
+            llm = tiny.llm if backbone == "llama" else tiny.mistral
+            root = tmp_path_factory.mktemp(f"aligngpt_runs_{backbone}")
+            pre, ft = root / "pretrain", root / "aligngpt-finetune"
+            pipeline.train(pipeline.pretrain_args(tiny, pre, PRE, data=tiny.pretrain_levels, extra=FLAG, llm=llm),
+                           log=root / "pre.log")
+            pipeline.train(pipeline.finetune_args(tiny, pre / "mm_projector.bin", ft, FT, extra=FLAG, llm=llm),
+                           log=root / "ft.log")
+            runs[backbone] = root, pre, ft
+        return runs[backbone]
+
+    return run
+
+
+@pytest.fixture(scope="module", params=sorted(BACKBONES))
+def backbone(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def aligngpt_runs(trained, backbone):
+    return trained(backbone)
 
 
 def test_pretraining_saves_levels_beside_the_projector(aligngpt_runs):
@@ -37,26 +62,24 @@ def test_pretraining_saves_levels_beside_the_projector(aligngpt_runs):
     assert "AlignGPT, 8 levels, pre-training" in (root / "pre.log").read_text()
 
 
-def test_finetuning_freezes_levels_and_trains_gate_and_llm(aligngpt_runs, tiny):
+def test_finetuning_freezes_levels_and_trains_gate_and_llm(aligngpt_runs, backbone, tiny):
     _, pre, ft = aligngpt_runs
     stage1 = torch.load(pre / "mm_projector.bin", weights_only=True)
     stage2 = load_file(ft / "model.safetensors")
     assert torch.equal(stage2["model.alignment.level_embeddings"], stage1["model.alignment.level_embeddings"])
     assert not torch.equal(stage2["model.alignment.gate.2.weight"], stage1["model.alignment.gate.2.weight"])
-    base = load_file(tiny.llm / "model.safetensors")
+    base = load_file((tiny.llm if backbone == "llama" else tiny.mistral) / "model.safetensors")
     key = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(stage2[key], base[key])
 
 
-def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, tiny, llava_ready):
+def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, backbone, tiny, llava_ready):
     from PIL import Image
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
 
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
-
     _, _, ft = aligngpt_runs
     model = AutoModelForCausalLM.from_pretrained(ft).eval()
-    assert type(model) is AlignGPTLlamaForCausalLM and model.stage == "finetune"
+    assert type(model).__name__ == BACKBONES[backbone] and model.stage == "finetune"
     model.get_vision_tower().load_model()
     tok = AutoTokenizer.from_pretrained(ft, use_fast=False)
     from llava.mm_utils import tokenizer_image_token
@@ -67,6 +90,48 @@ def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, tiny, llava_r
     out = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 4)
     assert torch.allclose(model.last_gate_weights.sum(-1), torch.ones(1))
+
+    # LLaVA's own loader, on a folder whose name says neither the backbone nor "llava"
+    from llava.model import builder
+
+    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+
+    enable_aligngpt_loading()
+    _, loaded, processor, _ = builder.load_pretrained_model(str(ft), None, ft.name, device="cpu")
+    assert type(loaded).__name__ == BACKBONES[backbone] and processor is not None
+    again = loaded.float().generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
+    assert again.shape == (1, 4) and loaded.last_gate_weights.shape == (1, 7)
+
+
+def test_mistral_model_is_mistral_underneath(trained, tiny, llava_ready):
+    """The Mistral variant keeps Mistral's own attention (grouped-query heads) and config."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    _, _, ft = trained("mistral")
+    model = AutoModelForCausalLM.from_pretrained(ft)
+    assert isinstance(model.config, MistralConfig) and model.config.model_type == "aligngpt_mistral"
+    attention = model.get_model().layers[0].self_attn
+    assert attention.k_proj.out_features == model.config.hidden_size // 2  # 2 key-value heads of 4
+
+
+def test_mpt_is_refused_with_a_message(tiny, tmp_path):
+    mpt = tmp_path / "tiny-mpt-7b"
+    mpt.symlink_to(tiny.llm)  # LLaVA dispatches on the name: any path with "mpt" builds its MPT model
+    with pytest.raises(RuntimeError, match="AlignGPT runs on LLaVA's Llama and Mistral backbones only"):
+        pipeline.train(pipeline.pretrain_args(tiny, tmp_path / "x", PRE, data=tiny.pretrain_levels, extra=FLAG,
+                                              llm=mpt))
+
+
+def test_other_backbones_are_refused_naming_the_supported_ones(tiny, tmp_path):
+    from transformers import AutoConfig, GPT2Config
+
+    from aligngpt_plugin.core.alignment import AlignmentConfig
+    from aligngpt_plugin.integration.configuration import config_for_base
+
+    with pytest.raises(ValueError, match="'gpt2' model; AlignGPT runs on LLaVA's Llama and Mistral"):
+        config_for_base(GPT2Config(), AlignmentConfig(), "gpt2-folder")
+    llava_llama = AutoConfig.for_model("llama", hidden_size=64, num_attention_heads=4)
+    assert config_for_base(llava_llama, AlignmentConfig(), "x").model_type == "aligngpt_llava"
 
 
 def test_pretraining_without_levels_in_the_data_fails_clearly(tiny, tmp_path):
@@ -94,7 +159,7 @@ train(attn_implementation="sdpa")
 """
 
 
-def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, aligngpt_runs):
+def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, trained):
     args = lambda out: pipeline.pretrain_args(tiny, out, PRE, data=tiny.pretrain_levels)  # noqa: E731
     pipeline.train(args(tmp_path / "plugin"))
     subprocess.run([sys.executable, "-c", LLAVA_DIRECT, *args(tmp_path / "llava")], check=True, capture_output=True)
@@ -105,16 +170,16 @@ def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, a
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("alignment" in k for k in a)
     # and the flag does change the run: the alignment token is in the sequence
-    assert pipeline.logged_losses(aligngpt_runs[1]) != plugin
+    assert pipeline.logged_losses(trained("llama")[1]) != plugin
 
 
-def test_gate_options_reach_the_model_through_train(aligngpt_runs, tiny, tmp_path):
+def test_gate_options_reach_the_model_through_train(trained, tiny, tmp_path):
     """`--align_*` options on LLaVA's command line: any-length (pooled) gate input, prompt-only gate text,
     a narrower gate; stage 2 starts from the default stage 1 (levels load, the differently shaped gate
     is built fresh) and the checkpoint remembers the options."""
     import json
 
-    _, pre, _ = aligngpt_runs
+    _, pre, _ = trained("llama")
     ft = tmp_path / "aligngpt-pooled"
     options = (*FLAG, "--align_gate_input", "pooled", "--align_gate_text", "prompt", "--align_gate_hidden_size", "32")
     pipeline.train(pipeline.finetune_args(tiny, pre / "mm_projector.bin", ft, pipeline.StageSettings(

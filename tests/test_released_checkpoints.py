@@ -462,3 +462,17 @@ def test_peak_memory_follows_the_shard_size_not_the_checkpoint(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checkpoint_mb"] > 250 and result["largest_shard_mb"] < 25
     assert result["peak_rss_growth_mb"] < 100, result
+
+
+def test_from_plugin_refuses_a_mistral_checkpoint_saying_why(tiny, tmp_path):
+    from transformers import AutoConfig
+
+    from aligngpt_plugin.core.alignment import AlignmentConfig
+    from aligngpt_plugin.integration.configuration import config_for_base
+    from aligngpt_plugin.integration.model import model_class_for
+
+    config = config_for_base(AutoConfig.from_pretrained(tiny.mistral), AlignmentConfig(), str(tiny.mistral))
+    model_class_for(config).from_pretrained(tiny.mistral, config=config).save_pretrained(tmp_path / "mistral")
+    proc = convert_cli("from-plugin", tmp_path / "mistral", tmp_path / "out")
+    assert proc.returncode == 2 and "the public AlignGPT code is Llama only" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,8 @@
 `write_fixtures(folder)` (the `aligngpt-fixtures` command) writes, under the folder given::
 
     llm/                  LlamaForCausalLM, random init, with the Llama-2 tokenizer of Vicuna-7B-v1.5
+    mistral/              MistralForCausalLM, random init (grouped-query attention, sliding window), same
+                          tokenizer (Mistral-7B's is a 32000-piece SentencePiece model of the same kind)
     clip/                 CLIPModel, random init, with a CLIPImageProcessor (336 px, OpenAI mean/std)
     data/images/          JPEG and PNG pictures of coloured shapes, of several sizes and aspect ratios
     data/pretrain.json    caption pairs in LLaVA's `plain` pre-training layout (as LCS-558K)
@@ -85,6 +87,7 @@ class FixturePaths:
     root: Path
     llm: Path
     clip: Path
+    mistral: Path
     images: Path
     pretrain: Path
     pretrain_levels: Path
@@ -99,10 +102,23 @@ def tokenizer_dir() -> Path:
     return Path(str(resources.files("aligngpt_plugin") / "assets" / "llama_tokenizer"))
 
 
+def save_with_tokenizer(model, out: Path) -> Path:
+    """Save a tiny LLM as a hub checkpoint is laid out, with the bundled tokenizer."""
+    from transformers import GenerationConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, max_length=4096).save_pretrained(out)
+    for f in tokenizer_dir().iterdir():
+        if f.is_file():
+            shutil.copy(f, out / f.name)
+    return out
+
+
 def write_tiny_llm(out: Path, spec: FixtureSpec) -> Path:
     """A random-init LlamaForCausalLM with Vicuna-v1.5's tokenizer, saved as a hub checkpoint would be."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(spec.seed)
     config = LlamaConfig(
@@ -119,13 +135,22 @@ def write_tiny_llm(out: Path, spec: FixtureSpec) -> Path:
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, max_length=4096).save_pretrained(out)
-    for f in tokenizer_dir().iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
-    return out
+    return save_with_tokenizer(model, out)
+
+
+def write_tiny_mistral(out: Path, spec: FixtureSpec) -> Path:
+    """A random-init MistralForCausalLM (the other language backbone LLaVA ships) with the same tokenizer."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(spec.seed + 2)
+    config = MistralConfig(
+        vocab_size=32000, hidden_size=spec.hidden_size, intermediate_size=spec.hidden_size * 2,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=max(1, spec.num_heads // 2), sliding_window=4096, max_position_embeddings=4096,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    model = MistralForCausalLM(config)
+    return save_with_tokenizer(model, out)
 
 
 def vision_module_args(clip: str | Path, pretrain_mm_mlp_adapter: str | Path | None = None):
@@ -335,6 +360,7 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
     spec = spec or FixtureSpec()
     root = Path(root)
     write_tiny_llm(root / "llm", spec)
+    write_tiny_mistral(root / "mistral", spec)
     write_tiny_clip(root / "clip", spec)
     write_dataset(root / "data", spec)
     (root / "fixture_spec.json").write_text(json.dumps(asdict(spec), indent=1))
@@ -345,6 +371,6 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
 def fixture_paths(root: str | Path) -> FixturePaths:
     """The paths of fixtures written under `root` (by `write_fixtures` or `aligngpt-fixtures`)."""
     root, data = Path(root), Path(root) / "data"
-    return FixturePaths(root, root / "llm", root / "clip", data / "images", data / "pretrain.json",
+    return FixturePaths(root, root / "llm", root / "clip", root / "mistral", data / "images", data / "pretrain.json",
                         data / "pretrain_levels.json", data / "finetune.json", data / "questions.jsonl",
                         data / "pretrain_patches.json", data / "heldout_patches.json")

@@ -33,9 +33,9 @@ class StageSettings:
     seed: int = 42
 
 
-def _common(fx: FixturePaths, out: Path, s: StageSettings) -> list[str]:
+def _common(fx: FixturePaths, out: Path, s: StageSettings, llm: Path | None) -> list[str]:
     flags = {
-        "model_name_or_path": fx.llm, "image_folder": fx.images, "vision_tower": fx.clip,
+        "model_name_or_path": llm or fx.llm, "image_folder": fx.images, "vision_tower": fx.clip,
         "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_use_im_start_end": False,
         "mm_use_im_patch_token": False, "output_dir": out, "num_train_epochs": s.epochs, "max_steps": s.max_steps,
         "per_device_train_batch_size": s.batch_size, "per_device_eval_batch_size": 4,
@@ -50,20 +50,20 @@ def _common(fx: FixturePaths, out: Path, s: StageSettings) -> list[str]:
 
 
 def pretrain_args(fx: FixturePaths, out: Path, settings: StageSettings | None = None,
-                  data: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+                  data: Path | None = None, extra: tuple[str, ...] = (), llm: Path | None = None) -> list[str]:
     """Stage 1 (LLaVA `pretrain.sh`): `plain` template, only the projector trains.
     `extra` adds flags (e.g. `--align_levels 8`); `data` replaces the fixture's caption file."""
     s = settings or StageSettings()
     return ["--version", "plain", "--data_path", str(data or fx.pretrain), "--tune_mm_mlp_adapter", "True",
-            *_common(fx, out, s), *extra]
+            *_common(fx, out, s, llm), *extra]
 
 
 def finetune_args(fx: FixturePaths, projector: Path, out: Path, settings: StageSettings | None = None,
-                  extra: tuple[str, ...] = ()) -> list[str]:
+                  extra: tuple[str, ...] = (), llm: Path | None = None) -> list[str]:
     """Stage 2 (LLaVA `finetune.sh`): `v1` template, projector from stage 1, LLM and projector train."""
     s = settings or StageSettings(learning_rate=2e-5)
     return ["--version", "v1", "--data_path", str(fx.finetune), "--pretrain_mm_mlp_adapter", str(projector),
-            "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s), *extra]
+            "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *_common(fx, out, s, llm), *extra]
 
 
 def run_module(module: str, args: list[str], log: Path | None = None,

@@ -5,7 +5,8 @@
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained("checkpoints/aligngpt-7b")   # an AlignGPTLlamaForCausalLM
 
-works for this plugin's checkpoints. The model classes need `llava`; they are imported the first time
+works for this plugin's checkpoints, on every backbone it supports (Llama: `aligngpt_llava`, Mistral:
+`aligngpt_mistral`). The model classes need `llava`; they are imported the first time
 an AlignGPT config is built (which is what `from_pretrained` does before it looks the class up), so
 importing the package stays light and works where llava is not installed (scoring, evaluation reports).
 
@@ -16,11 +17,12 @@ transformers' "unrecognized model type".
 
 from __future__ import annotations
 
-from transformers import AutoConfig, LlamaConfig
+from transformers import AutoConfig, LlamaConfig, MistralConfig, PretrainedConfig
 
 from aligngpt_plugin.core.alignment import AlignmentConfig
 
-MODEL_TYPE = "aligngpt_llava"
+MODEL_TYPE = "aligngpt_llava"  # the Llama backbone (named before there were others)
+MISTRAL_MODEL_TYPE = "aligngpt_mistral"
 RELEASED_MODEL_TYPE = "aligngpt"
 RELEASED_ARCHITECTURE = "AlignGPTForCausalLM"
 
@@ -31,11 +33,9 @@ def convert_hint(path: str = "CHECKPOINT") -> str:
             f"`aligngpt-convert to-plugin {path} OUT_DIR` and load OUT_DIR")
 
 
-class AlignGPTConfig(LlamaConfig):
-    """LLaVA-Llama's config (LLaVA's own `LlavaConfig` adds nothing but its model_type) plus `alignment`,
-    the AlignmentConfig as a dict (validated on construction)."""
-
-    model_type = MODEL_TYPE
+class _AlignmentSettings:
+    """What every AlignGPT config adds to its backbone's: `alignment`, the AlignmentConfig as a dict
+    (validated on construction)."""
 
     def __init__(self, alignment: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -45,6 +45,45 @@ class AlignGPTConfig(LlamaConfig):
     @property
     def alignment_config(self) -> AlignmentConfig:
         return AlignmentConfig.from_dict(self.alignment)
+
+
+class AlignGPTConfig(_AlignmentSettings, LlamaConfig):
+    """AlignGPT on LLaVA's Llama (the paper's: Vicuna-v1.5). LLaVA's own `LlavaConfig` adds nothing to
+    LlamaConfig but its model_type."""
+
+    model_type = MODEL_TYPE
+
+
+class AlignGPTMistralConfig(_AlignmentSettings, MistralConfig):
+    """AlignGPT on LLaVA's Mistral (`LlavaMistralForCausalLM`)."""
+
+    model_type = MISTRAL_MODEL_TYPE
+
+
+ALIGNGPT_CONFIGS = (AlignGPTConfig, AlignGPTMistralConfig)
+MODEL_TYPES = tuple(c.model_type for c in ALIGNGPT_CONFIGS)
+# the backbone checkpoints AlignGPT starts from (a plain LLM, or a LLaVA model of that backbone)
+CONFIG_FOR_BACKBONE = {"llama": AlignGPTConfig, "llava_llama": AlignGPTConfig,
+                       "mistral": AlignGPTMistralConfig, "llava_mistral": AlignGPTMistralConfig}
+
+
+def config_for_base(base: PretrainedConfig, alignment: AlignmentConfig, source: str):
+    """The AlignGPT config for training from the checkpoint whose config is `base`: an LLM or LLaVA model
+    of a supported backbone, or an AlignGPT checkpoint (then with the same number of levels)."""
+    if base.model_type in MODEL_TYPES:
+        if base.alignment_config.num_levels != alignment.num_levels:
+            raise ValueError(f"{source} has {base.alignment_config.num_levels} alignment levels, "
+                             f"--align_levels asks for {alignment.num_levels}")
+        base.alignment = alignment.to_dict()
+        return base
+    if base.model_type not in CONFIG_FOR_BACKBONE:
+        raise ValueError(
+            f"{source} is a {base.model_type!r} model; AlignGPT runs on LLaVA's Llama and Mistral backbones "
+            f"(model types {', '.join(sorted(CONFIG_FOR_BACKBONE))}). LLaVA's MPT is not supported: its "
+            "model keeps the LLM under `transformer` with ALiBi attention and its own forward")
+    values = base.to_dict()
+    values.pop("model_type", None)
+    return CONFIG_FOR_BACKBONE[base.model_type](alignment=alignment.to_dict(), **values)
 
 
 class ReleasedAlignGPTConfig(LlamaConfig):
@@ -67,6 +106,6 @@ def register() -> None:
     """Register the config types with AutoConfig (idempotent)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    for config in (AlignGPTConfig, ReleasedAlignGPTConfig):
+    for config in (*ALIGNGPT_CONFIGS, ReleasedAlignGPTConfig):
         if config.model_type not in CONFIG_MAPPING:
             AutoConfig.register(config.model_type, config)

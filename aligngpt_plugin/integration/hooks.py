@@ -3,8 +3,8 @@
 `enable_aligngpt(config, pretraining)` replaces four names that `llava.train.train` looks up at call
 time, and nothing else:
 
-- `LlavaLlamaForCausalLM`: loads the base LLM as `AlignGPTLlamaForCausalLM` with the alignment config
-  (or an AlignGPT checkpoint as it is);
+- `LlavaLlamaForCausalLM`: loads the base LLM as the AlignGPT model of its backbone (Llama or Mistral,
+  from its config) with the alignment config (or an AlignGPT checkpoint as it is);
 - `make_supervised_data_module`: LLaVA's dataset and collator with each record's level;
 - `LLaVATrainer`: marks what each stage trains (pre-training: the level embeddings beside the
   projector; instruction tuning: the gate, with the level embeddings frozen);
@@ -23,27 +23,22 @@ ALIGNMENT_KEY = "alignment."
 
 
 def aligngpt_loader(alignment: AlignmentConfig):
-    """A stand-in for LLaVA's model class in `train()`: only `from_pretrained` is used there."""
-    from transformers import AutoConfig
+    """A stand-in for LLaVA's model class in `train()` (only `from_pretrained` is used there): builds the
+    AlignGPT model of the checkpoint's backbone, read from its config (LLaVA would pick Llama by name)."""
 
-    from aligngpt_plugin.integration.lora import quantized_loading_kwargs
-    from aligngpt_plugin.integration.model import MODEL_TYPE, AlignGPTConfig, AlignGPTLlamaForCausalLM
-
-    class AlignGPTFromBase(AlignGPTLlamaForCausalLM):
+    class AlignGPTFromBase:
         @classmethod
         def from_pretrained(cls, path, *args, **kwargs):
+            from transformers import AutoConfig
+
+            from aligngpt_plugin.integration.configuration import config_for_base
+            from aligngpt_plugin.integration.lora import quantized_loading_kwargs
+            from aligngpt_plugin.integration.model import model_class_for
+
             kwargs = quantized_loading_kwargs(kwargs)  # QLoRA: levels and gate stay out of bitsandbytes
             base = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
-            if base.model_type == MODEL_TYPE:  # continuing from an AlignGPT checkpoint
-                if base.alignment_config.num_levels != alignment.num_levels:
-                    raise ValueError(f"{path} has {base.alignment_config.num_levels} alignment levels, "
-                                     f"--align_levels asks for {alignment.num_levels}")
-                base.alignment = alignment.to_dict()
-                return AlignGPTLlamaForCausalLM.from_pretrained(path, *args, config=base, **kwargs)
-            values = base.to_dict()
-            values.pop("model_type", None)
-            config = AlignGPTConfig(alignment=alignment.to_dict(), **values)
-            return AlignGPTLlamaForCausalLM.from_pretrained(path, *args, config=config, **kwargs)
+            config = config_for_base(base, alignment, str(path))
+            return model_class_for(config).from_pretrained(path, *args, config=config, **kwargs)
 
     return AlignGPTFromBase
 

@@ -6,9 +6,10 @@ named `aligngpt-7b` would load as a plain language model, and one named `llava-.
 alignment module. `enable_aligngpt_loading()` wraps the loader so that the folder's `config.json`
 decides instead:
 
-- `model_type: aligngpt_llava` (this plugin): LLaVA's multimodal path with the AlignGPT class, for a
-  full checkpoint, a LoRA checkpoint (`adapter_config.json` + `non_lora_trainables.bin`, with
-  `model_base`) and a projector-only checkpoint (`mm_projector.bin`, with `model_base`);
+- `model_type: aligngpt_llava` / `aligngpt_mistral` (this plugin): LLaVA's multimodal path with the
+  AlignGPT class of that backbone, for a full checkpoint, a LoRA checkpoint (`adapter_config.json` +
+  `non_lora_trainables.bin`, with `model_base`) and a projector-only checkpoint (`mm_projector.bin`,
+  with `model_base`);
 - `model_type: llava_llama`: LLaVA's multimodal path whatever the folder is called;
 - `model_type: aligngpt` (the released checkpoints, local or on the hub): a clear error pointing at
   `aligngpt-convert`;
@@ -33,7 +34,7 @@ import os
 import re
 from pathlib import Path
 
-from aligngpt_plugin.integration.configuration import MODEL_TYPE, RELEASED_MODEL_TYPE, convert_hint
+from aligngpt_plugin.integration.configuration import MODEL_TYPES, RELEASED_MODEL_TYPE, convert_hint
 
 GATE_DUMP_ENV = "ALIGNGPT_GATE_DUMP"
 EVAL_LEVEL_ENV = "ALIGNGPT_EVAL_LEVEL"
@@ -117,14 +118,16 @@ def aligngpt_aware(load):
         model_type = checkpoint_model_type(model_path)
         if model_type == RELEASED_MODEL_TYPE:
             raise ValueError(convert_hint(model_path))
-        if model_type not in (MODEL_TYPE, "llava_llama"):
+        if model_type not in (*MODEL_TYPES, "llava_llama"):
             return load(model_path, model_base, model_name, *args, **kwargs)
         name = routed_model_name(model_name, model_path)
         if model_type == "llava_llama":
             return load(model_path, model_base, name, *args, **kwargs)
-        from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+        from aligngpt_plugin.integration.model import MODEL_CLASS_BY_TYPE
 
-        with _llava_class(builder, AlignGPTLlamaForCausalLM, projector_file_keys(model_path, model_base)):
+        # LLaVA's builder then takes its Llama path (the routed name), with the class of the checkpoint's backbone
+        model_class = MODEL_CLASS_BY_TYPE[model_type]
+        with _llava_class(builder, model_class, projector_file_keys(model_path, model_base)):
             tokenizer, model, processor, context_len = load(model_path, model_base, name, *args, **kwargs)
         if model.stage == "pretrain":
             level = int(os.environ.get(EVAL_LEVEL_ENV, model.alignment.num_levels - 1))

@@ -1,9 +1,13 @@
-"""AlignGPT as a LLaVA architecture: LLaVA-Llama plus one alignment token right after BOS.
+"""AlignGPT as a LLaVA architecture: LLaVA's causal LM plus one alignment token right after BOS.
 
-`AlignGPTConfig` (model_type `aligngpt_llava`) and `AlignGPTLlamaForCausalLM` subclass LLaVA's Llama
-classes and are registered with AutoConfig / AutoModelForCausalLM, so `from_pretrained` on a saved
-checkpoint gives the model back without `trust_remote_code`. The levels and the gate live in
-`aligngpt_plugin.core.alignment` (plain torch); this file only places their token in LLaVA's sequence:
+The alignment logic is written once (`AlignGPTForCausalLMMixin`, `AlignGPTModelMixin`) and put over each
+language backbone LLaVA ships: `AlignGPTLlamaForCausalLM` (model_type `aligngpt_llava`, over
+`LlavaLlamaForCausalLM`) and `AlignGPTMistralForCausalLM` (`aligngpt_mistral`, over
+`LlavaMistralForCausalLM`). They are registered with AutoConfig / AutoModelForCausalLM, so
+`from_pretrained` on a saved checkpoint gives the model back without `trust_remote_code`. (LLaVA's MPT is
+refused with a message: its LLM lives under `transformer` with ALiBi attention and its own forward.)
+The levels and the gate live in `aligngpt_plugin.core.alignment` (plain torch); this file only places
+their token in LLaVA's sequence:
 
 - LLaVA builds the multimodal embeddings (`prepare_inputs_labels_for_multimodal`, unchanged);
 - every sample with an image gets one token at BOS + 1 (label IGNORE_INDEX, attention 1); samples
@@ -24,21 +28,26 @@ from dataclasses import dataclass, replace
 import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM, LlavaLlamaModel
-from transformers import AutoModelForCausalLM, LlamaForCausalLM
+from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM, LlavaMistralModel
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, MistralForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from aligngpt_plugin.core.alignment import AlignmentModule, AlignmentOutput, full_weights, masked_mean
-from aligngpt_plugin.integration.configuration import MODEL_TYPE, AlignGPTConfig, register
+from aligngpt_plugin.integration.configuration import (
+    MODEL_TYPE,
+    AlignGPTConfig,
+    AlignGPTMistralConfig,
+    register,
+)
 
-__all__ = ["MODEL_TYPE", "AlignGPTConfig", "AlignGPTLlamaForCausalLM", "AlignGPTLlamaModel", "AlignGPTOutput"]
+__all__ = ["MODEL_TYPE", "AlignGPTConfig", "AlignGPTLlamaForCausalLM", "AlignGPTMistralForCausalLM", "AlignGPTOutput",
+           "model_class_for"]
 
 
-class AlignGPTLlamaModel(LlavaLlamaModel):
-    """LLaVA's inner model with the alignment module beside the projector."""
+class AlignGPTModelMixin:
+    """LLaVA's inner model, whatever its backbone, with the alignment module beside the projector."""
 
-    config_class = AlignGPTConfig
-
-    def __init__(self, config: AlignGPTConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.alignment = AlignmentModule(config.alignment_config, config.hidden_size)
 
@@ -80,7 +89,15 @@ class AlignGPTLlamaModel(LlavaLlamaModel):
         if isinstance(module, AlignmentModule):
             module.reset_parameters()
         else:
-            LlavaLlamaModel._init_weights(self, module)
+            super()._init_weights(module)
+
+
+class AlignGPTLlamaModel(AlignGPTModelMixin, LlavaLlamaModel):
+    config_class = AlignGPTConfig
+
+
+class AlignGPTMistralModel(AlignGPTModelMixin, LlavaMistralModel):
+    config_class = AlignGPTMistralConfig
 
 
 @dataclass
@@ -104,16 +121,21 @@ def _room_for_one_token(config):
         config.tokenizer_model_max_length = limit
 
 
-class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
-    config_class = AlignGPTConfig
+class AlignGPTForCausalLMMixin:
+    """The alignment token in LLaVA's causal LM, written once for every backbone. A concrete class names
+    `backbone` (the transformers causal LM whose forward runs the LLM) and `inner_model`."""
+
+    backbone: type
+    inner_model: type
     # LLaVA saves the (frozen) CLIP tower with the model but builds it from `mm_vision_tower` when it
     # loads, unless the tower was trained (`unfreeze_mm_vision_tower`): then these weights load
     _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\."]
 
-    def __init__(self, config: AlignGPTConfig):
-        super(LlamaForCausalLM, self).__init__(config)  # as LLaVA: skip LlamaForCausalLM's own model
-        self.model = AlignGPTLlamaModel(config)
-        self.pretraining_tp = config.pretraining_tp
+    def __init__(self, config):
+        super(self.backbone, self).__init__(config)  # as LLaVA: skip the backbone's own inner model
+        self.model = self.inner_model(config)
+        if hasattr(config, "pretraining_tp"):  # Llama's, which LLaVA sets too
+            self.pretraining_tp = config.pretraining_tp
         self.vocab_size = config.vocab_size
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._captured_image_features = None
@@ -221,7 +243,7 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
                 self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
                                                           past_key_values, labels, images, image_sizes,
                                                           align_levels=align_levels)
-        out = LlamaForCausalLM.forward(
+        out = self.backbone.forward(
             self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
@@ -233,6 +255,25 @@ class AlignGPTLlamaForCausalLM(LlavaLlamaForCausalLM):
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
         self.last_gate_weights = None  # set by the prefill's gate, kept for analysis after generate
         return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+
+
+class AlignGPTLlamaForCausalLM(AlignGPTForCausalLMMixin, LlavaLlamaForCausalLM):
+    config_class = AlignGPTConfig
+    backbone, inner_model = LlamaForCausalLM, AlignGPTLlamaModel
+
+
+class AlignGPTMistralForCausalLM(AlignGPTForCausalLMMixin, LlavaMistralForCausalLM):
+    config_class = AlignGPTMistralConfig
+    backbone, inner_model = MistralForCausalLM, AlignGPTMistralModel
+
+
+MODEL_CLASSES = {AlignGPTConfig: AlignGPTLlamaForCausalLM, AlignGPTMistralConfig: AlignGPTMistralForCausalLM}
+MODEL_CLASS_BY_TYPE = {config.model_type: model for config, model in MODEL_CLASSES.items()}
+
+
+def model_class_for(config) -> type:
+    """The AlignGPT causal LM for an AlignGPT config (any backbone)."""
+    return MODEL_CLASSES[type(config)]
 
 
 def per_sample_image_tokens(features: torch.Tensor, images) -> list[torch.Tensor]:
@@ -299,4 +340,5 @@ def real_positions(valid: torch.Tensor) -> torch.Tensor:
 
 
 register()
-AutoModelForCausalLM.register(AlignGPTConfig, AlignGPTLlamaForCausalLM)
+for _config, _model in MODEL_CLASSES.items():
+    AutoModelForCausalLM.register(_config, _model)

@@ -38,7 +38,12 @@ from safetensors.torch import save_file
 
 from aligngpt_plugin.core.alignment import AlignmentConfig
 from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic
-from aligngpt_plugin.integration.configuration import MODEL_TYPE, RELEASED_ARCHITECTURE, RELEASED_MODEL_TYPE
+from aligngpt_plugin.integration.configuration import (
+    MODEL_TYPE,
+    MODEL_TYPES,
+    RELEASED_ARCHITECTURE,
+    RELEASED_MODEL_TYPE,
+)
 
 PLUGIN_ARCHITECTURE = "AlignGPTLlamaForCausalLM"
 # What the public code hard-codes (mm_align.py: 8 indicators, 7 gate outputs, N_IMAGE_TOKEN = 576, width 256).
@@ -459,8 +464,11 @@ def read_config(folder: Path, want: str, direction: str) -> dict:
     if not path.is_file():
         raise ConversionError(f"{folder} has no config.json: is it a checkpoint folder?")
     config = json.loads(path.read_text())
-    if config.get("model_type") != want:
-        raise ConversionError(f"{path}: model_type is {config.get('model_type')!r}, {direction} expects {want!r}")
+    found = config.get("model_type")
+    if found != want:
+        why = " (the public AlignGPT code is Llama only, so only Llama checkpoints have a released layout)" \
+            if direction == "from-plugin" and found in MODEL_TYPES else ""
+        raise ConversionError(f"{path}: model_type is {found!r}, {direction} expects {want!r}{why}")
     return config
 
 

@@ -63,14 +63,30 @@ def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[
     return AlignmentConfig(**values), rest
 
 
-def is_pretraining(argv: list[str]) -> bool:
-    """LLaVA's own stage flag, read the way LLaVA's argument parser reads it."""
+def llava_model_args(argv: list[str]):
+    """LLaVA's ModelArguments, read the way LLaVA's argument parser reads them."""
     from llava.train.train import ModelArguments
     from transformers import HfArgumentParser
 
     (model_args, _) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True)
-    return bool(model_args.tune_mm_mlp_adapter)
+    return model_args
+
+
+def is_pretraining(argv: list[str]) -> bool:
+    """LLaVA's own stage flag."""
+    return bool(llava_model_args(argv).tune_mm_mlp_adapter)
+
+
+def refuse_mpt(argv: list[str]) -> None:
+    """LLaVA builds its MPT model for any `--model_name_or_path` containing 'mpt', past the plugin's
+    AlignGPT model: that run would be plain LLaVA, so --align_levels refuses it."""
+    path = llava_model_args(argv).model_name_or_path or ""
+    if "mpt" in path:
+        raise SystemExit(f"--align_levels with --model_name_or_path {path}: LLaVA takes the MPT path for any "
+                         "name containing 'mpt', and AlignGPT runs on LLaVA's Llama and Mistral backbones only "
+                         "(LLaVA's MPT keeps its LLM under `transformer`, with ALiBi attention and its own "
+                         "forward). Use a Llama or Mistral checkpoint")
 
 
 def seed_everything(argv: list[str]) -> int:
@@ -102,6 +118,7 @@ def run_training(argv: list[str]) -> None:
     if alignment is not None:
         from aligngpt_plugin.integration.hooks import enable_aligngpt
 
+        refuse_mpt(argv)
         pretraining = is_pretraining(argv)
         enable_aligngpt(alignment, pretraining)
     if patch_alignment is not None:  # after enable_aligngpt: wraps its data module and trainer
