@@ -207,6 +207,52 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
 
 
+def gate_calls(model) -> list[int]:
+    """Batch sizes of every call of the gate's first layer (a ZeRO-3 gather and a DDP reduction each)."""
+    calls: list[int] = []
+    model.alignment.gate[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_text_only_batch_still_runs_the_alignment_module_adding_zero(tiny, stage):
+    """Data-parallel ranks stay in step: a rank whose batch has no image uses the weights its stage trains
+    (zero gradient), and the loss is exactly what it is without the module."""
+    model = build(tiny, stage=stage)
+    ids, mask, labels, images = batch(tiny)
+    ids, mask, labels, images = ids[1:], mask[1:], labels[1:], images[1:]  # the text-only sample alone
+    calls = gate_calls(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images,
+                align_levels=torch.tensor([3]) if stage == "pretrain" else None)
+    out.loss.backward()
+    trained = model.alignment.level_embeddings if stage == "pretrain" else model.alignment.gate[0].weight
+    assert trained.grad is not None and not trained.grad.any()
+    assert calls == ([] if stage == "pretrain" else [0])  # the gate, once, on no sample
+    with torch.no_grad():
+        model.alignment.gate[0].weight.mul_(3)
+        model.alignment.level_embeddings.mul_(3)
+        again = model(input_ids=ids, attention_mask=mask, labels=labels, images=images,
+                      align_levels=torch.tensor([3]) if stage == "pretrain" else None)
+    assert again.loss.item() == out.loss.item()
+    assert out.logits.shape[1] == int(mask.sum())  # no token inserted (LLaVA drops the padding)
+
+
+def test_the_gate_runs_once_per_forward_also_for_image_lists(tiny):
+    ids, mask, labels, images = batch(tiny)
+    one = images[:1]
+    two_images = torch.stack([ids[0], ids[0]])  # two samples with images, as lists of 3 and 1 views
+    views = [torch.cat([one, one.flip(-1), one.flip(-2)]), one.flip(-1)]
+    model = build(tiny, gate_input="pooled")
+    calls = gate_calls(model)
+    out = model(input_ids=two_images, attention_mask=mask[:1].expand(2, -1), labels=labels[:1].expand(2, -1),
+                images=views)
+    assert calls == [2]  # one call for both samples
+    # each sample's weights are what the gate gives that sample alone
+    for k in range(2):
+        alone = model(input_ids=ids[:1], attention_mask=mask[:1], labels=labels[:1], images=[views[k]])
+        torch.testing.assert_close(out.gate_weights[k], alone.gate_weights[0], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_trainer_hook_trains_what_each_stage_trains(tiny, tmp_path, stage):
     from llava.train.llava_trainer import LLaVATrainer
@@ -225,6 +271,25 @@ def test_trainer_hook_trains_what_each_stage_trains(tiny, tmp_path, stage):
     assert all(p.requires_grad is (stage == "finetune") for p in gate.parameters())
     assert all(p.requires_grad for p in model.get_model().mm_projector.parameters())
     assert model.lm_head.weight.requires_grad is (stage == "finetune")
+
+
+@pytest.mark.parametrize("mode, gate_trains", [("adaptive", True), ("local", True), ("global", False),
+                                               ("no_gate", False), ("fixed_level", False)])
+def test_only_the_weights_a_mode_uses_train(tiny, tmp_path, mode, gate_trains):
+    from llava.train.llava_trainer import LLaVATrainer
+    from llava.train.train import TrainingArguments
+
+    from aligngpt_plugin.integration.hooks import aligngpt_trainer
+
+    model = build(tiny, mode=mode, fixed_level=2 if mode == "fixed_level" else None)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    aligngpt_trainer(LLaVATrainer)(model=model, args=args)
+    assert all(p.requires_grad is gate_trains for p in model.alignment.gate.parameters())
+    assert not model.alignment.level_embeddings.requires_grad
+    ids, mask, labels, images = batch(tiny)
+    calls = gate_calls(model)
+    model(input_ids=ids, attention_mask=mask, labels=labels, images=images).loss.backward()
+    assert (calls == [1]) is gate_trains  # a trainable gate is one that runs
 
 
 def test_fast_path_equals_general_insertion():

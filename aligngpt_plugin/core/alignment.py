@@ -132,8 +132,13 @@ class AlignmentModule(nn.Module):
             raise ValueError(f"alignment levels {levels[bad].tolist()} are outside 0..{self.num_levels - 1}")
         return self.level_embeddings[levels]
 
-    def gate_scores(self, image_tokens: torch.Tensor, text_mean: torch.Tensor) -> torch.Tensor:
-        """d_i = <image_token_i, t>: [B, T] from image tokens [B, T, H] and text means [B, H]."""
+    def gate_scores(self, image_tokens: torch.Tensor | list[torch.Tensor], text_mean: torch.Tensor) -> torch.Tensor:
+        """d_i = <image_token_i, t>: [B, gate_tokens] from image tokens [B, T, H] (or a list of B [T_b, H],
+        one per sample: image lists, any-resolution views) and text means [B, H]."""
+        if isinstance(image_tokens, (list, tuple)):
+            if not image_tokens:
+                return text_mean.new_zeros(0, self.config.gate_tokens)
+            return torch.cat([self.gate_scores(x[None], t[None]) for x, t in zip(image_tokens, text_mean)])
         scores = torch.einsum("bth,bh->bt", image_tokens, text_mean.to(image_tokens.dtype))
         n = self.config.gate_tokens
         if scores.shape[1] != n:
@@ -144,8 +149,8 @@ class AlignmentModule(nn.Module):
             scores = F.adaptive_avg_pool1d(scores.unsqueeze(1).float(), n).squeeze(1).to(scores.dtype)
         return scores
 
-    def gate_weights(self, image_tokens: torch.Tensor, text_mean: torch.Tensor) -> torch.Tensor:
-        """Softmax weights [B, N-1] over the local levels."""
+    def gate_weights(self, image_tokens: torch.Tensor | list[torch.Tensor], text_mean: torch.Tensor) -> torch.Tensor:
+        """Softmax weights [B, N-1] over the local levels: the gate runs once, on the whole batch."""
         scores = self.gate_scores(image_tokens, text_mean).to(self.gate[0].weight.dtype)
         return torch.softmax(self.gate(scores).float(), dim=-1).to(scores.dtype)
 
@@ -166,11 +171,13 @@ class AlignmentModule(nn.Module):
     def forward(
         self,
         levels: torch.Tensor | None = None,
-        image_tokens: torch.Tensor | None = None,
+        image_tokens: torch.Tensor | list[torch.Tensor] | None = None,
         text_mean: torch.Tensor | None = None,
     ) -> AlignmentOutput:
         """With `levels`: the pre-training token. Otherwise the instruction-tuning token from
-        `image_tokens` [B, T, H] and `text_mean` [B, H] (the gate runs only in modes that use it)."""
+        `image_tokens` [B, T, H] (or a list of [T_b, H]) and `text_mean` [B, H] (the gate runs only in
+        modes that use it). B may be 0: the weights are still used, with zero gradient, which keeps
+        data-parallel ranks in step (see `idle_term`)."""
         if levels is not None:
             return AlignmentOutput(self.level_token(levels))
         if self.config.mode in ("adaptive", "local"):
@@ -178,5 +185,21 @@ class AlignmentModule(nn.Module):
                 raise ValueError(f"mode={self.config.mode!r} needs image_tokens and text_mean for the gate")
             weights = self.gate_weights(image_tokens, text_mean)
             return AlignmentOutput(self.combine(weights, weights.shape[0]), weights)
-        batch = image_tokens.shape[0] if image_tokens is not None else text_mean.shape[0]
+        batch = text_mean.shape[0] if text_mean is not None else len(image_tokens)
         return AlignmentOutput(self.combine(None, batch))
+
+    def trainable(self, pretraining: bool) -> dict[str, bool]:
+        """Which weights train in a stage: the levels in pre-training; the gate in instruction tuning,
+        in the modes that use it (adaptive, local)."""
+        return {"level_embeddings": pretraining,
+                "gate": not pretraining and self.config.mode in ("adaptive", "local")}
+
+
+def idle_term(out: AlignmentOutput) -> torch.Tensor:
+    """0, computed from an AlignmentOutput of a batch with no image: adding it to the loss's inputs keeps
+    the alignment weights in the graph. Every data-parallel rank then runs the module once per step and
+    reduces its gradients (DDP), and gathers its partitioned weights (ZeRO-3), whatever its batch holds;
+    a rank that skipped the module would leave the others waiting. (The public code does the same with a
+    dummy gate pass.)"""
+    term = out.token.sum() * 0
+    return term if out.gate_weights is None else term + out.gate_weights.sum() * 0

@@ -56,14 +56,15 @@ def with_alignment_keys(collect):
 
 def aligngpt_trainer(base):
     class AlignGPTTrainer(base):
-        """LLaVATrainer that sets which alignment weights train in the current stage."""
+        """LLaVATrainer that sets which alignment weights train in the current stage and mode."""
 
         def __init__(self, model=None, *args, **kwargs):
             super().__init__(model, *args, **kwargs)
             inner = model.get_model() if hasattr(model, "get_model") else model.base_model.model.get_model()
             pretraining = getattr(model.config, "tune_mm_mlp_adapter", False)
-            inner.alignment.level_embeddings.requires_grad_(pretraining)
-            inner.alignment.gate.requires_grad_(not pretraining)
+            trainable = inner.alignment.trainable(pretraining)  # only what the stage and mode use
+            inner.alignment.level_embeddings.requires_grad_(trainable["level_embeddings"])
+            inner.alignment.gate.requires_grad_(trainable["gate"])
 
     return AlignGPTTrainer
 

@@ -32,7 +32,7 @@ from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM, Ll
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, MistralForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.core.alignment import AlignmentModule, AlignmentOutput, full_weights, masked_mean
+from aligngpt_plugin.core.alignment import AlignmentModule, full_weights, idle_term, masked_mean
 from aligngpt_plugin.integration.configuration import (
     MODEL_TYPE,
     AlignGPTConfig,
@@ -186,13 +186,16 @@ class AlignGPTForCausalLMMixin:
         return mask
 
     def alignment_tokens(self, input_ids, attention_mask, labels, image_features, align_levels):
-        """The AlignmentOutput for the samples that carry an image, in batch order."""
+        """The AlignmentOutput for the samples that carry an image, in batch order (none: an empty one).
+        The alignment module runs exactly once per call, whatever the batch holds."""
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
         if self.stage == "pretrain":
             if align_levels is None:
-                raise ValueError(
-                    "pre-training an AlignGPT model needs the alignment level of every sample: give the "
-                    "records an `align_level` (or the public data's `similarity`) field; see aligngpt-score")
+                if has_image.any():
+                    raise ValueError(
+                        "pre-training an AlignGPT model needs the alignment level of every sample: give the "
+                        "records an `align_level` (or the public data's `similarity`) field; see aligngpt-score")
+                align_levels = torch.zeros(len(has_image), dtype=torch.long, device=input_ids.device)
             return self.alignment(levels=align_levels[has_image])
         embed = self.get_model().embed_tokens
         safe_ids = input_ids.clamp(min=0)  # IMAGE_TOKEN_INDEX (-200) is masked out of the mean anyway
@@ -200,11 +203,9 @@ class AlignGPTForCausalLMMixin:
         if isinstance(image_features, torch.Tensor):
             return self.alignment(image_tokens=image_features[has_image], text_mean=text[has_image])
         # Image lists (LLaVA-1.6 any-resolution, several images per sample): each sample has its own
-        # number of image tokens, so the gate runs per sample (gate_input='pooled' makes that count free).
-        outs = [self.alignment(image_tokens=image_features[k][None], text_mean=text[k:k + 1])
-                for k in has_image.nonzero().flatten().tolist()]
-        weights = None if outs[0].gate_weights is None else torch.cat([o.gate_weights for o in outs])
-        return AlignmentOutput(torch.cat([o.token for o in outs]), weights)
+        # number of image tokens (gate_input='pooled' makes that count free); the gate runs once on all
+        chosen = has_image.nonzero().flatten().tolist()
+        return self.alignment(image_tokens=[image_features[k] for k in chosen], text_mean=text[has_image])
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, align_levels=None):
@@ -220,9 +221,9 @@ class AlignGPTForCausalLMMixin:
         if isinstance(images, list) or images.ndim == 5:
             features = per_sample_image_tokens(features, images)
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
-        if not has_image.any():
-            return None, position_ids_out, attention_out, past_key_values, embeds, labels_out
         out = self.alignment_tokens(input_ids, attention_mask, labels, features, align_levels)
+        if not has_image.any():  # a text-only batch: the module ran, adding 0 (ranks stay in step)
+            return None, position_ids_out, attention_out, past_key_values, embeds + idle_term(out), labels_out
         self._gate_weights = self.last_gate_weights = out.gate_weights
         embeds, attention, labels_new, positions = insert_after_bos(
             embeds, attention_out, labels_out, out.token.to(embeds.dtype), has_image,
