@@ -65,10 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    inputs = collect_images(args.data, args.image_folder, args.images, args.limit)
-    loaded = load_checkpoint(args.model, args.model_base, args.vision_tower, args.device)
-    report = analyze(loaded, inputs, Path(args.out), args.top_k, args.mp_atoms, args.mp_max_patches, args.vocab,
-                     args.min_overlap, args.plots)
+    try:
+        inputs = collect_images(args.data, args.image_folder, args.images, args.limit)
+        loaded = load_checkpoint(args.model, args.model_base, args.vision_tower, args.device)
+        report = analyze(loaded, inputs, Path(args.out), args.top_k, args.mp_atoms, args.mp_max_patches,
+                         args.vocab, args.min_overlap, args.plots)
+    except (ValueError, FileNotFoundError) as e:  # bad input: the message names the record or file
+        print(f"aligngpt-analyze: {e}", file=sys.stderr)
+        return 2
     a = report["aggregate"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"[aligngpt-analyze] {a['images']} images, {a['labelled_patches']} labelled patches: "

@@ -17,10 +17,13 @@ import sys
 USAGE = "usage: python -m aligngpt_plugin.llava_eval llava.eval.<module> [that module's arguments]"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or not argv[0].startswith("llava."):
-        raise SystemExit(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science")
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        print(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science, "
+              "llava.eval.model_vqa_mmbench, llava.eval.model_vqa", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     from aligngpt_plugin.integration.compat import prepare_llava
     from aligngpt_plugin.integration.loader import enable_aligngpt_loading
 
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

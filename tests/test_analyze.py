@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,20 +160,31 @@ def test_analysis_writes_report_and_plots(known_report):
     assert len(report["images"][0]["top_words"]) == 576
 
 
-def test_stage1_folder_needs_the_base_llm(known_report, tmp_path):
+def test_stage1_folder_needs_the_base_llm(known_report, tmp_path, capsys):
     from aligngpt_plugin.analyze import main
 
     _, root, _ = known_report
-    with pytest.raises(ValueError, match="pass --model-base"):
-        main(["--model", str(root / "stage1"), "--data", str(root / "two.json"), "--out", str(tmp_path)])
+    assert main(["--model", str(root / "stage1"), "--data", str(root / "two.json"), "--out", str(tmp_path)]) == 2
+    assert "pass --model-base" in capsys.readouterr().err
 
 
-def test_analysis_inputs_are_checked(tiny, tmp_path):
+def test_analysis_inputs_are_checked(tiny, tmp_path, capsys):
     from aligngpt_plugin.analyze import main
 
     with pytest.raises(SystemExit, match="exactly one of"):
         main(["--model", "m", "--out", str(tmp_path)])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "b1", "image": "x.png", "patch_labels": [{"phrase": "a", "box": [3, 3, 1, 1]}]}]))
-    with pytest.raises(ValueError, match=r"record 0 \(id 'b1'\).*reversed"):
-        main(["--model", "m", "--data", str(bad), "--out", str(tmp_path)])
+    assert main(["--model", "m", "--data", str(bad), "--out", str(tmp_path)]) == 2
+    assert re.search(r"record 0 \(id 'b1'\).*reversed", capsys.readouterr().err)
+
+
+def test_the_installed_command_exits_0_after_a_run(known_report, tiny, tmp_path):
+    _, root, _ = known_report
+    command = Path(sys.executable).with_name("aligngpt-analyze")
+    proc = subprocess.run([str(command), "--model", str(root / "stage1"), "--model-base", str(tiny.llm),
+                           "--data", str(root / "two.json"), "--image-folder", str(tiny.images), "--out",
+                           str(tmp_path / "out"), "--top-k", "1", "--mp-atoms", "2", "--mp-max-patches", "8",
+                           "--plots", "0"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "report.json").is_file() and "[aligngpt-analyze]" in proc.stdout

@@ -95,6 +95,8 @@ def test_commands_carry_the_paper_recipe(script, size):
     assert global_batch(flags, 8) == want
     if script == "pretrain.sh":  # AlignGPT's own split: 8 GPUs x 8 x accumulation 4
         assert (flags["--per_device_train_batch_size"], flags["--gradient_accumulation_steps"]) == ("8", "4")
+        # 558,128 pairs / 256 = 2,181 steps: a checkpoint at least every tenth of the run, so it can resume
+        assert int(flags["--save_steps"]) <= 558_128 // 256 // 10
 
 
 @pytest.mark.parametrize("gpus,per_device,accum", [("1", "16", "8"), ("2", "16", "4"), ("16", "8", "1")])

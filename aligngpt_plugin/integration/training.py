@@ -104,10 +104,33 @@ def seed_everything(argv: list[str]) -> int:
     return seed
 
 
+def print_help() -> None:
+    """The plugin's flags, then LLaVA's own (what `--help` shows)."""
+    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integration.patch_training import patch_alignment_parser
+
+    print("usage: python -m aligngpt_plugin.train [the plugin's flags] [LLaVA's flags]\n")
+    for title, parser in (("AlignGPT (--align_levels N switches it on)", alignment_parser()),
+                          ("patch-aligned pre-training (--patch_align_weight L switches it on)",
+                           patch_alignment_parser())):
+        text = parser.format_help()
+        print(f"{title}:{text[text.index(chr(10), text.index('options:')):]}")
+    prepare_llava()
+    from llava.train.train import DataArguments, ModelArguments, TrainingArguments
+    from transformers import HfArgumentParser
+
+    print("LLaVA's flags (llava/train/train.py):")
+    HfArgumentParser((ModelArguments, DataArguments, TrainingArguments)).print_help()
+
+
 def run_training(argv: list[str]) -> None:
     """Run LLaVA's `train()` with the command line `argv` (LLaVA's arguments plus the plugin's)."""
     from aligngpt_plugin.integration.compat import prepare_llava
     from aligngpt_plugin.patches import rewrite_argv
+
+    if any(a in ("-h", "--help") for a in argv):
+        print_help()
+        return
 
     alignment, argv = split_alignment_args(list(argv))
     from aligngpt_plugin.integration.patch_training import split_patch_alignment_args
