@@ -332,3 +332,22 @@ def test_stage2_loads_levels_refuses_other_level_counts_and_refits_other_gates(t
     assert torch.equal(narrow.level_embeddings, saved["model.alignment.level_embeddings"])
     assert narrow.gate[0].weight.shape == (32, 576)
     assert "starts a fresh gate" in capsys.readouterr().out
+
+
+def test_gate_dump_joins_a_batch_that_mixes_image_and_text_only_questions(tiny, tmp_path):
+    """lmms-eval with batch_size > 1: one line per question, in order, None where there is no image."""
+    import json
+
+    from aligngpt_plugin.integration.loader import dump_gate_weights
+
+    model = build(tiny, padding="left").eval()
+    ids, mask, _, images = batch(tiny, padding="left")
+    order = [1, 0, 1]  # text-only, image, text-only
+    dump_gate_weights(model, tmp_path / "gates.jsonl")
+    with torch.no_grad():
+        model.generate(ids[order], images=images[order], attention_mask=mask[order], max_new_tokens=2,
+                       do_sample=False)
+        alone = model(input_ids=ids[:1], attention_mask=mask[:1], images=images[:1]).gate_weights[0]
+    rows = [json.loads(line)["gate_weights"] for line in (tmp_path / "gates.jsonl").read_text().splitlines()]
+    assert rows[0] is None and rows[2] is None
+    torch.testing.assert_close(torch.tensor(rows[1]), alone, atol=1e-5, rtol=0)

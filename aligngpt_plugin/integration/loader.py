@@ -89,6 +89,17 @@ def projector_file_keys(model_path: str, model_base: str | None) -> list[str]:
     return keys + [f"model.alignment.gate.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
 
 
+def gate_rows(model, batch: int) -> list[list[float] | None]:
+    """The gate's weights of each sample of the last batch `model` generated for, in batch order; None
+    for samples without an image (the gate weighs image samples only)."""
+    rows: list[list[float] | None] = [None] * batch
+    if model.last_gate_weights is not None:
+        chosen = model.last_gate_samples.nonzero().flatten().tolist()
+        for k, row in zip(chosen, model.last_gate_weights.float().cpu().tolist()):
+            rows[k] = row
+    return rows
+
+
 def dump_gate_weights(model, path: str | Path) -> None:
     """Append each sample's gate weights to `path` after every `generate` of `model`."""
     path = Path(path)
@@ -98,10 +109,9 @@ def dump_gate_weights(model, path: str | Path) -> None:
     @functools.wraps(generate)
     def generate_and_dump(*args, **kwargs):
         out = generate(*args, **kwargs)
-        weights = model.last_gate_weights
-        rows = [None] * out.shape[0] if weights is None else weights.float().cpu().tolist()
+        sequences = out.sequences if hasattr(out, "sequences") else out
         with path.open("a") as f:
-            for row in rows:
+            for row in gate_rows(model, sequences.shape[0]):
                 f.write(json.dumps({"gate_weights": row}) + "\n")
         return out
 

@@ -140,6 +140,7 @@ class AlignGPTForCausalLMMixin:
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._captured_image_features = None
         self._gate_weights = self.last_gate_weights = None
+        self.last_gate_samples = None  # which samples of the last batch the gate weights belong to
         self.post_init()
 
     @property
@@ -225,6 +226,7 @@ class AlignGPTForCausalLMMixin:
         if not has_image.any():  # a text-only batch: the module ran, adding 0 (ranks stay in step)
             return None, position_ids_out, attention_out, past_key_values, embeds + idle_term(out), labels_out
         self._gate_weights = self.last_gate_weights = out.gate_weights
+        self.last_gate_samples = has_image
         embeds, attention, labels_new, positions = insert_after_bos(
             embeds, attention_out, labels_out, out.token.to(embeds.dtype), has_image,
             left_padded=getattr(self.config, "tokenizer_padding_side", "right") == "left")
@@ -254,7 +256,8 @@ class AlignGPTForCausalLMMixin:
                               gate_weights=self._gate_weights)
 
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
-        self.last_gate_weights = None  # set by the prefill's gate, kept for analysis after generate
+        # set by the prefill's gate, kept for analysis after generate
+        self.last_gate_weights = self.last_gate_samples = None
         return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
 
 
