@@ -32,6 +32,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "evaluation_strategy_flag",
     "deepspeed_final_save",
     "quantized_loading_kwargs",
+    "cpu_distributed",
 )
 
 REGISTRY = "__aligngpt_patches__"

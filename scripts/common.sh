@@ -14,14 +14,17 @@
 #   CHECKPOINTS=./checkpoints    outputs go to $CHECKPOINTS/$RUN_NAME...
 #   RUN_NAME=aligngpt-$MODEL_SIZE
 #   ALIGN_LEVELS=8           AlignGPT's level count; ALIGN_LEVELS=0 trains plain LLaVA-1.5
-#   NUM_GPUS=<all visible>   GPUs per node (nvidia-smi -L), 1 without nvidia-smi
+#   NUM_GPUS=<all visible>   GPUs per node (nvidia-smi -L), 1 without nvidia-smi. On a machine without GPUs,
+#                            NUM_GPUS=N runs N CPU processes (gloo; the entry point adds --use_cpu True, see
+#                            patches/cpu_distributed.py): a multi-GPU job rehearsed on a laptop
 #   HOSTFILE=                a DeepSpeed hostfile ("host slots=8" per line): multi-node through DeepSpeed's
 #                            launcher (pdsh by default; DS_LAUNCHER=openmpi|slurm|mvapich|... to choose)
 #   NO_SSH=0 NODE_RANK=      NO_SSH=1: start the script on every node yourself with its NODE_RANK
 #                            (DeepSpeed's --no_ssh); needs HOSTFILE and MASTER_ADDR
 #   MASTER_ADDR= MASTER_PORT=29500
 #   LAUNCHER=deepspeed       deepspeed (default), torchrun, or python (one process, no DeepSpeed)
-#   ZERO=                    zero2, zero3 or zero3_offload; default per script (pretrain zero2, finetune zero3)
+#   ZERO=                    zero2, zero3 or zero3_offload; default per script (pretrain zero2, finetune zero3);
+#                            none: no DeepSpeed, plain DDP (torch DistributedDataParallel) across the processes
 #   PER_DEVICE_BATCH=        per-GPU micro-batch (default 8 pre-training, 16 fine-tuning, lowered when the
 #                            GPUs outnumber it); the gradient accumulation is derived so that the global
 #   GLOBAL_BATCH=            batch stays the paper's (256 pre-training, 128 fine-tuning) for any GPU count
@@ -63,7 +66,7 @@ if [[ -n "${ALIGNGPT_TINY:-}" ]]; then
     CHECKPOINTS=${CHECKPOINTS:-$TINY_DIR/checkpoints}
     NUM_GPUS=${NUM_GPUS:-1}
     PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-2}
-    GLOBAL_BATCH=${GLOBAL_BATCH:-2}
+    GLOBAL_BATCH=${GLOBAL_BATCH:-$((PER_DEVICE_BATCH * NUM_GPUS))}
     MAX_STEPS=${TINY_STEPS:-2}
     SAVE_STEPS=${SAVE_STEPS:-1000}
     PRECISION=(--bf16 False --tf32 False)  # fp32: CPUs have no TF32, and bf16 is not what CI checks
@@ -150,12 +153,16 @@ add_align_args() {
     fi
 }
 
-# The path of a DeepSpeed config shipped in the package (zero2, zero3, zero3_offload), or the file given.
-deepspeed_config() {
-    if [[ -f "$1" ]]; then
-        echo "$1"
+# DS_ARGS: `--deepspeed CONFIG` for a config shipped in the package (zero2, zero3, zero3_offload) or a file;
+# nothing for ZERO=none (plain DDP).
+set_deepspeed_args() {
+    DS_ARGS=()
+    if [[ "$1" == none ]]; then
+        return
+    elif [[ -f "$1" ]]; then
+        DS_ARGS=(--deepspeed "$1")
     else
-        "$PYTHON" -m aligngpt_plugin.deepspeed_configs "$1"
+        DS_ARGS=(--deepspeed "$("$PYTHON" -m aligngpt_plugin.deepspeed_configs "$1")")
     fi
 }
 
@@ -164,6 +171,7 @@ launch() {
     local zero=$1
     shift
     local cmd=()
+    set_deepspeed_args "$zero"
     case "$LAUNCHER" in
         deepspeed)
             cmd=(deepspeed)
@@ -177,13 +185,12 @@ launch() {
             else
                 cmd+=(--num_gpus "$NUM_GPUS")
             fi
-            cmd+=(--master_port "$MASTER_PORT" --module aligngpt_plugin.train "$@"
-                --deepspeed "$(deepspeed_config "$zero")")
+            cmd+=(--master_port "$MASTER_PORT" --module aligngpt_plugin.train "$@" "${DS_ARGS[@]}")
             ;;
         torchrun)
             cmd=(torchrun --nproc_per_node "$NUM_GPUS" --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}"
                 --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "$MASTER_PORT"
-                -m aligngpt_plugin.train "$@" --deepspeed "$(deepspeed_config "$zero")")
+                -m aligngpt_plugin.train "$@" "${DS_ARGS[@]}")
             ;;
         python)
             cmd=("$PYTHON" -m aligngpt_plugin.train "$@")

@@ -256,3 +256,90 @@ def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
     assert (results / "gate_heatmap.png").is_file()
     assert main(["report", str(results), "--out", str(tmp_path / "report.md")]) == 0
     assert "| tiny |" in (tmp_path / "report.md").read_text()
+
+
+def test_remaining_scripts_from_checkpoint_to_output(tiny, checkpoint, tmp_path):
+    """GQA, SEED, VQAv2, VizWiz, MMBench-CN, LLaVA-W and MM-Vet, each script from the checkpoint to its
+    score or server/judge file, on tiny datasets in the benchmarks' own formats."""
+    import pandas as pd
+
+    from aligngpt_plugin.core.fileio import read_jsonl
+
+    eval_dir, results = tmp_path / "eval", tmp_path / "results" / "tiny"
+    gqa = eval_data.write_gqa_testdev(tiny, eval_dir)
+    seed = eval_data.write_seed(tiny, eval_dir)
+    vqav2 = eval_data.write_vqav2(tiny, eval_dir)
+    vizwiz = eval_data.write_vizwiz(tiny, eval_dir)
+    mmbench_cn = pd.read_table(eval_data.write_mmbench_cn(tiny, eval_dir))["index"].tolist()  # 3 rows
+    llava_w = eval_data.write_llava_w(tiny, eval_dir)
+    mmvet = eval_data.write_mmvet(tiny, eval_dir)
+
+    run_script("gqa", checkpoint, eval_dir, results, chunks=2)  # chunked, as LLaVA runs GQA
+    for name in ("seed", "vqav2", "vizwiz", "mmbench_cn", "llava_w", "mmvet"):
+        run_script(name, checkpoint, eval_dir, results)
+
+    # every answer is "Yes" (eval_data.answer_yes_then_stop), one per question, in question order
+    questions = {"gqa": gqa["llava"], "seed": seed["llava"], "vqav2": vqav2["dev"], "vizwiz": vizwiz,
+                 "llava_w": llava_w, "mmvet": mmvet["llava"],
+                 "mmbench_cn": [{"question_id": i} for i in mmbench_cn]}
+    scored = {}
+    for key, asked in questions.items():
+        rows = read_jsonl(eval_dir / f"answers/tiny/{key}.jsonl")
+        assert [r["question_id"] for r in rows] == [q["question_id"] for q in asked], key
+        assert {r["text"] for r in rows} == {"Yes"}, key
+        scored[key] = result = json.loads((results / f"{key}.json").read_text())
+        assert result["count"] == len(asked), key
+        gates = read_jsonl(result["gates"])  # one gate line per answer, a distribution over the levels
+        assert len(gates) == len(rows) and all(abs(sum(g["gate_weights"]) - 1) < 1e-2 for g in gates), key
+
+    # GQA: LLaVA's conversion makes "Yes" "yes"; 2 of the 4 answers (yes, no, a colour, yes) are "yes" -> 50
+    assert scored["gqa"]["score"] == pytest.approx(50.0)
+    assert scored["gqa"]["details"] == {"correct": 2, "unanswered": 0}
+    predictions = json.loads((eval_dir / "gqa/data/testdev_balanced_predictions.json").read_text())
+    assert predictions == [{"questionId": qid, "prediction": "yes"} for qid in gqa["questions"]]
+
+    # SEED: exact match of the option letter; "Yes" is none -> 0 for image (the score) and video questions;
+    # the upload has every SEED-Bench.json question (its string ids) with the raw prediction
+    assert scored["seed"]["score"] == 0.0
+    assert scored["seed"]["details"]["accuracy_by_type"] == {"image": 0.0, "video": 0.0}
+    upload = read_jsonl(scored["seed"]["files"]["upload"])
+    assert upload == [{"question_id": q["question_id"], "prediction": "Yes"} for q in seed["questions"]]
+
+    # VQAv2: every test2015 question in its order, EvalAI-normalised "yes", "" for the test-std-only one
+    upload = json.loads(Path(scored["vqav2"]["files"]["upload"]).read_text())
+    dev = {q["question_id"] for q in vqav2["dev"]}
+    assert upload == [{"question_id": q["question_id"], "answer": "yes" if q["question_id"] in dev else ""}
+                      for q in vqav2["test"]]
+    assert Path(scored["vqav2"]["files"]["upload"]).parent.name == "llava_vqav2_mscoco_test-dev2015"
+
+    # VizWiz: one {image, answer} per llava_test.jsonl question, in its order, "yes" after EvalAI's processor
+    upload = json.loads(Path(scored["vizwiz"]["files"]["upload"]).read_text())
+    assert upload == [{"image": q["image"], "answer": "yes"} for q in vizwiz]
+
+    # MMBench-CN: LLaVA's convert_mmbench_for_submission sheet (prediction as the 7th column), raw "Yes" each
+    sheet = pd.read_excel(scored["mmbench_cn"]["files"]["upload"])
+    assert Path(scored["mmbench_cn"]["files"]["upload"]).parent.name == "mmbench_dev_cn_20231003"
+    assert sheet.columns.tolist() == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+    assert sheet["index"].tolist() == mmbench_cn and sheet["prediction"].tolist() == ["Yes"] * 3
+    assert sheet["question"].tolist()[0] == "图中形状是什么颜色？" and pd.isna(sheet["C"].tolist()[2])
+
+    # LLaVA-W: LLaVA's eval_gpt_review_bench pairs questions.jsonl, answers_gpt4.jsonl and these answers by line
+    answers_w = read_jsonl(scored["llava_w"]["answers"])
+    gpt4 = read_jsonl(eval_dir / "llava-bench-in-the-wild/answers_gpt4.jsonl")
+    for q, reference, mine in zip(llava_w, gpt4, answers_w, strict=True):
+        assert q["question_id"] == reference["question_id"] == mine["question_id"] and mine["prompt"] == q["text"]
+    assert scored["llava_w"]["score"] is None and scored["llava_w"]["scoring"] == "gpt"
+
+    # MM-Vet: LLaVA's convert_mmvet_for_eval results file, keyed as mm-vet.json (v1_<id>), raw "Yes"
+    results_file = Path(scored["mmvet"]["files"]["results"])
+    assert results_file == eval_dir / "mm-vet/results/tiny.json"
+    assert list(json.loads(results_file.read_text()).items()) == [(k, "Yes") for k in mmvet["questions"]]
+
+    from aligngpt_plugin.evaluate import main
+
+    assert main(["report", str(results), "--out", str(tmp_path / "report.md")]) == 0
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| tiny"))
+    cells = dict(zip(benchmarks.BENCHMARKS, (c.strip() for c in row.strip("|").split("|")[1:])))
+    assert cells["gqa"] == "50.0" and cells["seed"] == "0.0"
+    assert {cells[k] for k in ("vqav2", "vizwiz", "mmbench_cn")} == {"to submit"}
+    assert {cells[k] for k in ("llava_w", "mmvet")} == {"to judge (GPT-4)"}

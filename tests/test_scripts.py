@@ -150,8 +150,9 @@ def test_shipped_deepspeed_configs(name):
     assert stage == (2 if name == "zero2" else 3)
     assert ("offload_param" in config["zero_optimization"]) == (name == "zero3_offload")
     # batch, accumulation and precision come from the command line, so one file serves every run
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         assert config[key] == "auto"
+    assert "train_batch_size" not in config  # DeepSpeed derives it with its own world size
     assert config["bf16"]["enabled"] == "auto"
     printed = subprocess.run([sys.executable, "-m", "aligngpt_plugin.deepspeed_configs", name],
                              capture_output=True, text=True, check=True).stdout.strip()

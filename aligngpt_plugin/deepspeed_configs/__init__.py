@@ -7,8 +7,11 @@
 - `zero3_offload`: ZeRO-3 with parameters and optimizer state in CPU memory, for GPUs too small for
   `zero3` (slower).
 
-Batch sizes, accumulation, clipping and bf16/fp16 are `"auto"`: the HF Trainer fills them from the
-command line, so one file serves every script, GPU count and tiny CPU run.
+Micro-batch, accumulation, clipping and bf16/fp16 are `"auto"`: the HF Trainer fills them from the
+command line, so one file serves every script, GPU count and tiny CPU run. There is no
+`train_batch_size`: DeepSpeed derives it (micro-batch x accumulation x its world size). A value filled
+by the Trainer would be checked before DeepSpeed knows its world size under ZeRO-3's `zero.Init` on the
+CPU (it falls back to 1 there), and the run would stop at the batch-size assertion.
 """
 
 from __future__ import annotations

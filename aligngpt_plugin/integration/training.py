@@ -169,4 +169,15 @@ def run_training(argv: list[str]) -> None:
         llava_train.train(attn_implementation=attention)
     finally:
         sys.argv = saved
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Close the process group once every rank is done: a rank that exits while gloo or DeepSpeed still
+    has threads on it can abort ("terminate called without an active exception") after a good run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
