@@ -61,8 +61,9 @@ def test_probe_passes_with_all_patches(llava_ready, probe):
 def test_every_patch_is_probed_or_tested_elsewhere():
     probed = {patch for patch, _ in BREAKAGES.values()}
     # eval_device: tests/test_llava_end_to_end.py runs LLaVA's eval module with and without it;
-    # trainer_tokenizer_kwarg: transformers 5 only, tested below on a stand-in with 5.x's signature.
-    assert probed | {"eval_device", "trainer_tokenizer_kwarg"} == set(patches.PATCH_MODULES)
+    # trainer_tokenizer_kwarg: transformers 5 only, tested below on a stand-in with 5.x's signature;
+    # cpu_distributed: needs several processes: tests/test_multiprocess.py runs 2 with it and without it.
+    assert probed | {"eval_device", "trainer_tokenizer_kwarg", "cpu_distributed"} == set(patches.PATCH_MODULES)
 
 
 def test_apply_all_is_idempotent(llava_ready):
@@ -133,3 +134,18 @@ def test_script_flag_rename_keeps_other_arguments():
 
     argv = ["--evaluation_strategy", "no", "--evaluation_strategy=steps", "--lr", "1"]
     assert rewrite_argv(argv) == ["--eval_strategy", "no", "--eval_strategy=steps", "--lr", "1"]
+
+
+def test_cpu_distributed_adds_use_cpu_only_for_several_processes_without_cuda(monkeypatch):
+    from aligngpt_plugin.patches import cpu_distributed
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cpu_distributed.rewrite_argv(["--x", "1"]) == ["--x", "1", "--use_cpu", "True"]
+    assert cpu_distributed.rewrite_argv(["--use_cpu", "False"]) == ["--use_cpu", "False"]  # the user's word wins
+    assert cpu_distributed.rewrite_argv(["--use_cpu=False"]) == ["--use_cpu=False"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cpu_distributed.rewrite_argv(["--x", "1"]) == ["--x", "1"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert cpu_distributed.rewrite_argv(["--x", "1"]) == ["--x", "1"]
