@@ -41,3 +41,11 @@ def test_wheel_does_not_depend_on_llava_torch(wheel):
     requires = [line for line in wheel.read(meta).decode().splitlines() if line.startswith("Requires-Dist")]
     assert not any("llava" in line for line in requires), "llava-torch's pins would break the install"
     assert any(line.startswith("Requires-Dist: transformers<5,>=4.57") for line in requires), requires
+
+
+def test_wheel_ships_every_layer_and_its_data(wheel):
+    names = set(wheel.namelist())
+    for layer in ("core", "integration", "scoring", "evaluation", "analysis", "devkit"):
+        assert f"aligngpt_plugin/{layer}/__init__.py" in names, layer
+    for data in ("evaluation/benchmarks.json", "deepspeed_configs/zero3.json"):
+        assert f"aligngpt_plugin/{data}" in names, data
