@@ -191,11 +191,19 @@ def bad_dataset(clip, folder: Path) -> tuple[Path, dict[str, str]]:
         {"id": "empty", "image": "pic_0002.jpg", "conversations": [caption[0], {"from": "gpt", "value": " <image> "}]},
         {"id": "no_image", "conversations": caption},
         {"id": "r0003", "image": "pic_0004.jpg", "conversations": caption},  # the id of record 3
+        {"id": "dotdot", "image": "../outside.jpg", "conversations": caption},  # a real image, outside
+        {"id": "absolute", "image": "/etc/passwd", "conversations": caption},
+        {"id": "link", "image": "link_out.jpg", "conversations": caption},  # a symlink out of the folder
     ]
+    shutil.copy(images / "pic_0005.jpg", images.parent / "outside.jpg")
+    (images / "link_out.jpg").unlink(missing_ok=True)
+    (images / "link_out.jpg").symlink_to(images.parent / "outside.jpg")
     for k, record in enumerate(bad):
         records.insert(3 + 4 * k, record)
     reasons = {"missing": "image file not found", "truncated": "cannot decode image", "corrupt": "cannot decode image",
-               "empty": "empty caption", "no_image": "no image", "r0003": "duplicate id"}
+               "empty": "empty caption", "no_image": "no image", "r0003": "duplicate id",
+               "dotdot": "image outside the image folder", "absolute": "image outside the image folder",
+               "link": "image outside the image folder"}
     return write_records(folder / "bad.json", records), reasons
 
 
@@ -208,12 +216,13 @@ def test_every_bad_record_is_listed_left_out_and_counted(clip, tmp_path):
     assert "truncated" in next(e["error"] for e in errors if e["id"] == "truncated")
     records = json.loads(data.read_text())
     assert all(records[e["index"]]["id"] == e["id"] for e in errors)
-    assert summary.scored == 24 and sum(summary.errors.values()) == 6 and sum(summary.counts) == 24
+    assert summary.scored == 24 and sum(summary.errors.values()) == 9 and sum(summary.counts) == 24
     assert summary.errors["duplicate id"] == 1 and summary.errors["cannot decode image"] == 2
+    assert summary.errors["image outside the image folder"] == 3
     scored = read_jsonl(out / "scores.jsonl")
     assert [s["id"] for s in scored] == [f"r{i:04d}" for i in range(24)]  # the first r0003 is scored
     dataset = json.loads((out / "bad_levels.json").read_text())
-    assert len(dataset) == 30
+    assert len(dataset) == 33
     assert [r["id"] for r in dataset if "align_level" not in r] == [e["id"] for e in errors]
 
     dropped = tmp_path / "dropped"

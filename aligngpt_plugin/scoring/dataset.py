@@ -25,6 +25,16 @@ def load_image(path: Path):
         image.load()
         return image.convert("RGB")
 
+def path_outside(folder: Path, image: str) -> str | None:
+    """The error for an image path that resolves outside the image folder (absolute, `..`, a symlink out),
+    whatever the file is; None for one inside."""
+    root = folder.resolve()
+    resolved = (folder / image).resolve()
+    if not resolved.is_relative_to(root):
+        return f"image outside the image folder: {image!r} resolves to {resolved}, outside {root}"
+    return None
+
+
 def image_problem(path: Path, error: BaseException) -> str:
     if isinstance(error, FileNotFoundError):
         return f"image file not found: {path}"
@@ -86,6 +96,9 @@ class ChunkBatches(torch.utils.data.IterableDataset):
 
     def _prepare(self, item: tuple[int, Any, str, str]):
         path = self.folder / item[2]
+        outside = path_outside(self.folder, item[2])
+        if outside:
+            return outside
         try:
             return self.preprocess(load_image(path))
         except Exception as e:  # any failure of one image is that record's error, never the run's
