@@ -27,7 +27,7 @@ from scoring_helpers import plain_records, write_pictures, write_records, write_
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = ("scores.jsonl", "errors.jsonl", "data_levels.json", "levels.json", "scores_histogram.png")
-TIMING = ("seconds", "images_per_s", "chunks_scored_now", "images_scored_now", "outputs", "device")
+TIMING = ("seconds", "images_per_s", "chunks_scored_now", "images_scored_now", "outputs", "device", "workers")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -171,6 +171,16 @@ def test_more_levels_than_scores_is_a_clear_error(clip, tmp_path, capsys):
     args = cli_args(clip, small, tmp_path / "b", "--levels", "6", "--num-workers", "0")
     assert score_main(args) == 2
     assert "6 levels asked for, but only 5 distinct scores" in capsys.readouterr().err
+
+
+def test_workers_share_the_batches_of_one_chunk(clip, tmp_path):
+    """40 records in one chunk of batches of 4: both workers decode (not one per chunk), and the outputs
+    are the bytes of a run without workers."""
+    alone = score_dataset(make_config(clip, clip["data"], tmp_path / "alone", chunk_size=64, num_workers=0))
+    shared = score_dataset(make_config(clip, clip["data"], tmp_path / "shared", chunk_size=64, num_workers=2))
+    assert (alone.workers, shared.workers) == (0, 2)
+    for name in ("scores.jsonl", "levels.json", "data_levels.json"):
+        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "shared" / name).read_bytes(), name
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

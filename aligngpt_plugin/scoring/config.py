@@ -80,6 +80,7 @@ class ScoreSummary:
     outputs: dict[str, str]
     chunks_scored_now: int = 0
     images_scored_now: int = 0
+    workers: int = 0  # DataLoader workers this run's scoring used (on rank 0)
     seconds: float = 0.0
     images_per_s: float = 0.0
     device: str = ""

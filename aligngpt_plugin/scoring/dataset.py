@@ -42,7 +42,10 @@ def image_problem(path: Path, error: BaseException) -> str:
 
 
 class ChunkBatches(torch.utils.data.IterableDataset):
-    """Yields ready batches of the given chunks; worker w of n takes every n-th chunk.
+    """Yields ready batches of the given chunks; worker w of n decodes every n-th batch of the run, so all
+    workers keep busy however few chunks there are. A batch says its chunk, its place in the chunk and
+    how many the chunk has, so the chunk's shard is written when the last of them arrives. A chunk's batches
+    depend only on the chunk, not on which worker made them.
 
     Nothing raises for a bad record: its problem comes back in the batch's `errors`.
     """
@@ -56,21 +59,31 @@ class ChunkBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
-        mine = self.chunks if info is None else self.chunks[info.id::info.num_workers]
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        counter = 0  # the run's batch number: the same on every worker, which each reads every chunk's records
         try:
-            for chunk in mine:
-                yield from self._chunk_batches(chunk, pool)
+            for chunk in self.chunks:
+                items, errors = self._chunk_items(chunk)
+                batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
+                for b, batch_items in enumerate(batches):
+                    if counter % workers == worker:
+                        out = self._batch(batch_items, pool)
+                        out["chunk"], out["batch"], out["batches"] = chunk, b, len(batches)
+                        if b == 0:
+                            out["errors"] = errors + out["errors"]
+                        yield out
+                    counter += 1
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    def _chunk_batches(self, chunk: int, pool) -> Iterator[dict]:
+    def _chunk_items(self, chunk: int) -> tuple[list[tuple[int, Any, str, str]], list[dict]]:
+        """The chunk's scorable records (index, id, image, caption) and the error lines of the others."""
         span = self.plan.chunk_range(chunk)
         records = islice(iter_records(self.plan.path, self.plan.chunk_offsets[chunk]), len(span))
-        pending: list[tuple[int, Any, str, str]] = []  # index, id, image, caption
+        items: list[tuple[int, Any, str, str]] = []
         errors: list[dict] = []
-        batches = []
         for index, (_, record) in zip(span, records):
             problem = static_problem(record, self.caption, self.caption_field)
             if problem is None and index in self.plan.duplicates:
@@ -80,19 +93,8 @@ class ChunkBatches(torch.utils.data.IterableDataset):
                 image = record.get("image") if isinstance(record, dict) else None
                 errors.append({"index": index, "id": ident, "image": image, "error": problem})
                 continue
-            pending.append((index, record["id"], record["image"], caption_of(record, self.caption,
-                                                                             self.caption_field)))
-            if len(pending) == self.batch_size:
-                batches.append(pending)
-                pending = []
-        if pending or not batches:
-            batches.append(pending)
-        for b, items in enumerate(batches):
-            out = self._batch(items, pool)
-            out["chunk"], out["last"] = chunk, b == len(batches) - 1
-            if b == 0:
-                out["errors"] = errors + out["errors"]
-            yield out
+            items.append((index, record["id"], record["image"], caption_of(record, self.caption, self.caption_field)))
+        return items, errors
 
     def _prepare(self, item: tuple[int, Any, str, str]):
         path = self.folder / item[2]

@@ -3,8 +3,9 @@
 How a run goes:
 1. Plan: one streaming pass over the data file: sha256 of its bytes, record count, the byte offset of every
    chunk of `chunk_size` records, duplicate ids.
-2. Score: rank r of W takes chunks r, r+W, ... that have no shard yet. DataLoader workers read their chunk
-   from its offset, decode the images of a batch in parallel threads, preprocess them and tokenize the
+2. Score: rank r of W takes chunks r, r+W, ... that have no shard yet. DataLoader workers share the
+   batches of those chunks (worker w of n takes every n-th), read them from the chunk's offset, decode the
+   images of a batch in parallel threads, preprocess them and tokenize the
    captions in one call; the main process runs CLIP under autocast. A finished chunk is written to
    `work/chunk_NNNNNN.jsonl` atomically (temporary file + os.replace), so a killed run loses at most the
    chunks in flight and a restart skips finished ones. A chunk's batches depend only on the chunk, so a
@@ -48,19 +49,22 @@ from aligngpt_plugin.scoring.work import prepare_work_dir, shard_path, write_sha
 
 
 def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> tuple[int, int]:
-    """Score this rank's unfinished chunks and write their shards. Returns (chunks, images) scored now."""
+                 rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
+    """Score this rank's unfinished chunks and write their shards. Returns (chunks, images) scored now and
+    the number of DataLoader workers used."""
     todo = [c for c in range(rank, plan.num_chunks, world_size) if not shard_path(config.output_dir, c).is_file()]
     if not todo:
-        return 0, 0
+        return 0, 0, 0
     workers = default_workers() if config.num_workers < 0 else config.num_workers
-    workers = min(workers, len(todo))
+    batches = sum(-(-len(plan.chunk_range(c)) // config.batch_size) for c in todo)
+    workers = min(workers, batches)  # workers share batches, not chunks: one chunk keeps them all busy
     dataset = ChunkBatches(plan, todo, config.image_folder, scorer.preprocess, scorer.tokenize, config)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, collate_fn=collate_identity, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
     dtype = autocast_dtype(config.precision, device)
     pending: dict[int, list[dict]] = {}
+    received: dict[int, int] = {}
     total = sum(len(plan.chunk_range(c)) for c in todo)
     bar = _progress(total, config.progress and rank == 0, f"scoring (rank 0 of {world_size})" if world_size > 1
                     else "scoring")
@@ -83,13 +87,14 @@ def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, devic
                              for i, ident, s in zip(batch["indices"], batch["ids"], scores))
                 images += len(scores)
             bar.update(len(batch["indices"]) + len(batch["errors"]))
-            if batch["last"]:
+            received[batch["chunk"]] = received.get(batch["chunk"], 0) + 1
+            if received[batch["chunk"]] == batch["batches"]:  # the chunk's last batch, from whichever worker
                 write_shard(shard_path(config.output_dir, batch["chunk"]), pending.pop(batch["chunk"]))
                 chunks_done += 1
                 if config.chunk_delay_s:
                     time.sleep(config.chunk_delay_s)
     bar.close()
-    return chunks_done, images
+    return chunks_done, images, workers
 
 def _to_device(tokens: Any, device: torch.device) -> Any:
     if isinstance(tokens, dict):
@@ -127,14 +132,14 @@ def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> Scor
             prepare_work_dir(config, plan, is_writer=False)
         if scorer is None:
             scorer = load_scorer(config.model, config.pretrained, device)
-        chunks, images = score_chunks(config, plan, scorer, device, rank, world)
+        chunks, images, workers = score_chunks(config, plan, scorer, device, rank, world)
         if owns_group or (world > 1 and config.rank is None):
             barrier(device)
         if rank != 0 or not config.merge or config.rank is not None:
             return None
         summary = merge_outputs(config, plan)
         seconds = time.perf_counter() - started
-        summary.chunks_scored_now, summary.images_scored_now = chunks, images
+        summary.chunks_scored_now, summary.images_scored_now, summary.workers = chunks, images, workers
         summary.seconds = round(seconds, 3)
         summary.images_per_s = round(images / seconds, 2) if seconds else 0.0
         summary.device = f"{device}" + (f" x{world} ranks" if world > 1 else "")
@@ -171,7 +176,7 @@ def print_summary(summary: ScoreSummary, file=None) -> None:
     print(f"scored {summary.scored} of {summary.records} records; {errors} left out"
           + (f" ({', '.join(f'{k}: {v}' for k, v in summary.errors.items())})" if errors else ""), file=file)
     print(f"levels: {len(summary.counts)}, counts {summary.counts}", file=file)
-    print(f"this run: {summary.images_scored_now} images in {summary.seconds:.1f} s "
+    print(f"this run: {summary.images_scored_now} images in {summary.seconds:.1f} s, {summary.workers} decode workers "
           f"({summary.images_per_s:.1f} images/s end to end) on {summary.device}", file=file)
     for name, path in summary.outputs.items():
         print(f"  {name:9s} {path}", file=file)
