@@ -4,8 +4,9 @@
     aligngpt-score --data blip_laion_cc_sbu_558k.json --images images --output runs/levels
     # every GPU of a node, or many nodes: each rank scores its chunks, rank 0 writes the outputs
     torchrun --nproc_per_node 8 -m aligngpt_plugin.score --data ... --images ... --output runs/levels
-    # new data, the levels of an earlier split
+    # new data, the levels of an earlier split; or keep the best-aligned 30% (CLIP-score filtering, as DataComp)
     aligngpt-score --data more.json --images images --output runs/more --levels-from runs/levels/levels.json
+    aligngpt-score --data web.json --images images --output runs/web --keep-top 0.3
     # a transformers CLIP folder (e.g. the vision tower LLaVA loads), or any open_clip model / checkpoint
     aligngpt-score ... --model hf:checkpoints/clip-vit-large-patch14-336
     aligngpt-score ... --model ViT-B-16 --pretrained /ckpt/my_clip.pt
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first record that cannot be scored")
     p.add_argument("--drop-errors", action="store_true",
                    help="leave unscorable records out of the levelled dataset (default: kept, without a level)")
+    p.add_argument("--keep-top", type=float, default=None, metavar="F",
+                   help="also write <data>_filtered.json: the best-aligned fraction F of the scored records")
+    p.add_argument("--min-score", type=float, default=None, metavar="S",
+                   help="also write <data>_filtered.json: the records scoring at least S (with --keep-top: both)")
     p.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --output")
     p.add_argument("--rank", type=int, default=None, help="this job's shard, for jobs started without torchrun")
     p.add_argument("--world-size", type=int, default=None, help="number of shards, with --rank")
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             caption=args.caption, caption_field=args.caption_field, batch_size=args.batch_size,
             num_workers=args.num_workers, decode_threads=args.decode_threads, chunk_size=args.chunk_size,
             device=args.device, precision=args.precision, strict=args.strict, drop_errors=args.drop_errors,
+            keep_top=args.keep_top, min_score=args.min_score,
             overwrite=args.overwrite, rank=args.rank, world_size=args.world_size, progress=not args.no_progress,
             chunk_delay_s=args.chunk_delay)
         summary = merge_only(config) if args.merge_only else score_dataset(config)

@@ -183,6 +183,32 @@ def test_workers_share_the_batches_of_one_chunk(clip, tmp_path):
         assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "shared" / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("flags, kept", [(("--keep-top", "0.25"), 10), (("--min-score", "MEDIAN"), 20),
+                                         (("--keep-top", "0.5", "--min-score", "TOP3"), 3)])
+def test_filtered_dataset_keeps_the_best_aligned_records(clip, tmp_path, flags, kept):
+    """DataComp-style filtering with the scores the levels come from; expected sets from the scores."""
+    first = tmp_path / "first"
+    assert score_main(cli_args(clip, clip["data"], first)) == 0
+    scores = {s["index"]: s["score"] for s in read_jsonl(first / "scores.jsonl")}
+    ranked = sorted(scores.values(), reverse=True)
+    values = {"MEDIAN": repr(ranked[19]), "TOP3": repr(ranked[2])}
+    flags = tuple(values.get(f, f) for f in flags)
+    out = tmp_path / "filtered"
+    assert score_main(cli_args(clip, clip["data"], out, *flags)) == 0
+    records = json.loads(clip["data"].read_text())
+    best = sorted(scores, key=scores.get, reverse=True)[:kept]
+    filtered = json.loads((out / "data_filtered.json").read_text())
+    assert [r["id"] for r in filtered] == [records[i]["id"] for i in sorted(best)]  # input order, best `kept`
+    assert all("align_level" in r for r in filtered)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["filtered"] == kept
+
+
+def test_keep_top_must_be_a_fraction(clip, tmp_path, capsys):
+    assert score_main(cli_args(clip, clip["data"], tmp_path / "x", "--keep-top", "30")) == 2
+    assert "keep_top=30.0: give the fraction to keep, in (0, 1]" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 def bad_dataset(clip, folder: Path) -> tuple[Path, dict[str, str]]:

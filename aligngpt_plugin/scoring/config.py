@@ -40,6 +40,10 @@ class ScoreConfig:
     strict: bool = field(default=False, metadata={"help": "stop at the first record that cannot be scored"})
     drop_errors: bool = field(default=False, metadata={
         "help": "leave records that could not be scored out of the levelled dataset (default: keep, no level)"})
+    keep_top: float | None = field(default=None, metadata={
+        "help": "also write the dataset filtered to the best-aligned fraction F of the scored records (0 < F <= 1)"})
+    min_score: float | None = field(default=None, metadata={
+        "help": "also write the dataset filtered to records scoring at least S (with keep_top: both hold)"})
     overwrite: bool = field(default=False, metadata={"help": "discard a previous run's shards in output_dir"})
     merge: bool = field(default=True, metadata={"help": "write the outputs after scoring (rank 0)"})
     rank: int | None = field(default=None, metadata={"help": "this job's shard, for jobs run without torchrun"})
@@ -57,6 +61,8 @@ class ScoreConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.levels_from is None and self.num_levels is None:
             self.num_levels = 8
+        if self.keep_top is not None and not 0 < self.keep_top <= 1:
+            raise ValueError(f"keep_top={self.keep_top}: give the fraction to keep, in (0, 1]")
         if self.num_levels is not None and self.num_levels < 2:
             raise ValueError(f"num_levels={self.num_levels}: at least 2 levels are needed")
         if (self.rank is None) != (self.world_size is None):
@@ -81,6 +87,8 @@ class ScoreSummary:
     chunks_scored_now: int = 0
     images_scored_now: int = 0
     workers: int = 0  # DataLoader workers this run's scoring used (on rank 0)
+    filtered: int | None = None  # records in the filtered dataset (with keep_top / min_score)
+    filter_threshold: float | None = None  # the lowest score it keeps
     seconds: float = 0.0
     images_per_s: float = 0.0
     device: str = ""

@@ -178,5 +178,8 @@ def print_summary(summary: ScoreSummary, file=None) -> None:
     print(f"levels: {len(summary.counts)}, counts {summary.counts}", file=file)
     print(f"this run: {summary.images_scored_now} images in {summary.seconds:.1f} s, {summary.workers} decode workers "
           f"({summary.images_per_s:.1f} images/s end to end) on {summary.device}", file=file)
+    if summary.filtered is not None:
+        print(f"filtered dataset: {summary.filtered} records scoring at least {summary.filter_threshold:.4f}",
+              file=file)
     for name, path in summary.outputs.items():
         print(f"  {name:9s} {path}", file=file)

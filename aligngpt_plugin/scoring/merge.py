@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from array import array
 from pathlib import Path
@@ -20,9 +21,25 @@ def output_paths(config: ScoreConfig, plan: InputPlan | None = None) -> dict[str
     out = Path(config.output_dir)
     data = Path(config.data_path)
     suffix = ".jsonl" if (plan.format if plan else data.suffix.lstrip(".")) == "jsonl" else ".json"
-    return {"scores": out / "scores.jsonl", "errors": out / "errors.jsonl",
-            "dataset": out / f"{data.stem}_levels{suffix}", "levels": out / "levels.json",
-            "histogram": out / "scores_histogram.png", "summary": out / "summary.json"}
+    paths = {"scores": out / "scores.jsonl", "errors": out / "errors.jsonl",
+             "dataset": out / f"{data.stem}_levels{suffix}", "levels": out / "levels.json",
+             "histogram": out / "scores_histogram.png", "summary": out / "summary.json"}
+    if config.keep_top is not None or config.min_score is not None:
+        paths["filtered"] = out / f"{data.stem}_filtered{suffix}"
+    return paths
+
+
+def filter_threshold(scores: np.ndarray, keep_top: float | None, min_score: float | None) -> float | None:
+    """The lowest score the filtered dataset keeps (DataComp-style CLIP-score filtering): the score of the
+    ceil(F x n)-th best record for `keep_top` F (records tied with it are kept too), at least `min_score`."""
+    if keep_top is None and min_score is None:
+        return None
+    threshold = -np.inf if min_score is None else float(min_score)
+    if keep_top is not None and scores.size:
+        k = int(np.ceil(keep_top * scores.size))
+        threshold = max(threshold, float(np.sort(scores)[::-1][k - 1]))
+    return threshold
+
 
 def merge_outputs(config: ScoreConfig, plan: InputPlan) -> ScoreSummary:
     """Read every shard and write the outputs. Raises ScoreError naming the chunks still missing."""
@@ -59,8 +76,9 @@ def merge_outputs(config: ScoreConfig, plan: InputPlan) -> ScoreSummary:
         num_levels, edges = config.num_levels, quantile_edges(score_arr, config.num_levels)
     levels = assign_levels(score_arr, edges)
     counts = level_counts(levels, num_levels)
-    _write_levelled_dataset(config, plan, np.frombuffer(indices, dtype=np.int64) if indices else
-                            np.zeros(0, np.int64), levels, set(errored), paths["dataset"])
+    threshold = filter_threshold(score_arr, config.keep_top, config.min_score)
+    index_arr = np.frombuffer(indices, dtype=np.int64) if indices else np.zeros(0, np.int64)
+    filtered = _write_datasets(config, plan, index_arr, levels, score_arr, set(errored), paths, threshold)
     levels_file = LevelsFile(
         num_levels=num_levels, edges=edges, model=config.model, pretrained=config.pretrained, counts=counts,
         input_path=str(config.data_path), input_sha256=plan.sha256, records=plan.records,
@@ -71,36 +89,60 @@ def merge_outputs(config: ScoreConfig, plan: InputPlan) -> ScoreSummary:
     plot_histogram(score_arr, edges, paths["histogram"],
                    f"{Path(config.data_path).name}: {len(scores)} scores, {num_levels} levels ({config.model})")
     return ScoreSummary(records=plan.records, scored=len(scores), errors=levels_file.errors, counts=counts,
-                        edges=edges, outputs={k: str(v) for k, v in paths.items()})
+                        edges=edges, outputs={k: str(v) for k, v in paths.items()}, filtered=filtered,
+                        filter_threshold=threshold)
+
 
 def _reason_kind(reason: str) -> str:
     """The error's kind, for counting: every reason reads "kind: detail"."""
     return reason.split(":", 1)[0]
 
-def _write_levelled_dataset(config: ScoreConfig, plan: InputPlan, indices: np.ndarray, levels: np.ndarray,
-                            errored: set[int], path: Path) -> None:
-    """The input with `align_level` on every scored record (levels of an earlier split are replaced)."""
-    order = np.argsort(indices, kind="stable")
-    level_of = iter(zip(indices[order].tolist(), levels[order].tolist()))
-    next_scored = next(level_of, (None, None))
-    jsonl = plan.format == "jsonl"
-    written = 0
-    with atomic_open(path) as out:
+
+class _RecordWriter:
+    """Records into a JSON array or JSON Lines file (the input's format), written atomically."""
+
+    def __init__(self, stack: contextlib.ExitStack, path: Path, jsonl: bool):
+        self.file, self.jsonl, self.written = stack.enter_context(atomic_open(path)), jsonl, 0
         if not jsonl:
-            out.write("[\n")
+            self.file.write("[\n")
+
+    def write(self, record) -> None:
+        text = json.dumps(record, ensure_ascii=False)
+        self.file.write(text + "\n" if self.jsonl else ("" if self.written == 0 else ",\n") + text)
+        self.written += 1
+
+    def close(self) -> None:
+        if not self.jsonl:
+            self.file.write("\n]\n")
+
+
+def _write_datasets(config: ScoreConfig, plan: InputPlan, indices: np.ndarray, levels: np.ndarray,
+                    scores: np.ndarray, errored: set[int], paths: dict[str, Path],
+                    threshold: float | None) -> int | None:
+    """In one pass over the input: the input with `align_level` on every scored record (levels of an earlier
+    split are replaced), and with a threshold the scored records at or above it. Returns the filtered count."""
+    order = np.argsort(indices, kind="stable")
+    scored = iter(zip(indices[order].tolist(), levels[order].tolist(), scores[order].tolist()))
+    next_scored = next(scored, (None, None, None))
+    jsonl = plan.format == "jsonl"
+    with contextlib.ExitStack() as stack:
+        levelled = _RecordWriter(stack, paths["dataset"], jsonl)
+        filtered = _RecordWriter(stack, paths["filtered"], jsonl) if threshold is not None else None
         for index, (_, record) in enumerate(iter_records(plan.path)):
             if isinstance(record, dict):
                 record = {k: v for k, v in record.items() if k not in ("align_level", "similarity")}
             if next_scored[0] == index:
                 record["align_level"] = next_scored[1]
-                next_scored = next(level_of, (None, None))
+                if filtered is not None and next_scored[2] >= threshold:
+                    filtered.write(record)
+                next_scored = next(scored, (None, None, None))
             elif config.drop_errors and index in errored:
                 continue
-            text = json.dumps(record, ensure_ascii=False)
-            out.write(text + "\n" if jsonl else ("" if written == 0 else ",\n") + text)
-            written += 1
-        if not jsonl:
-            out.write("\n]\n")
+            levelled.write(record)
+        levelled.close()
+        if filtered is not None:
+            filtered.close()
+    return None if filtered is None else filtered.written
 
 
 def plot_histogram(scores: np.ndarray, edges: list[float], path: str | Path, title: str = "") -> None:
