@@ -1,4 +1,4 @@
-"""aligngpt-score: CLIP alignment scores and equal-count alignment levels for a LLaVA caption file.
+"""aligngpt-score: CLIP alignment scores and equal-count alignment levels for a LLaVA caption file or shards.
 
     # one CPU or one GPU (CLIP ViT-L/14-336, OpenAI weights, 8 levels)
     aligngpt-score --data blip_laion_cc_sbu_558k.json --images images --output runs/levels
@@ -10,12 +10,16 @@
     # a transformers CLIP folder (e.g. the vision tower LLaVA loads), or any open_clip model / checkpoint
     aligngpt-score ... --model hf:checkpoints/clip-vit-large-patch14-336
     aligngpt-score ... --model ViT-B-16 --pretrained /ckpt/my_clip.pt
+    # img2dataset / webdataset shards (a brace pattern, a folder of .tar, or a list file); no --images
+    aligngpt-score --data 'shards/{00000..00099}.tar' --output runs/web --embeddings
 
 Outputs in --output: scores.jsonl (index, id, score), errors.jsonl (records left out and why),
 <data>_levels.json (the data with `align_level` 0..N-1, 0 = lowest similarity), levels.json (N, edges,
 model, counts, sha256 of the input), scores_histogram.png, summary.json; work/ holds the shards. A run that
 stops for any reason continues where it stopped when started again with the same arguments.
 Independent jobs without torchrun: `--rank R --world-size W` on each, then `--merge-only`.
+Shards: per input shard scores/NAME.parquet (key, score; the embeddings with --embeddings) and
+errors/NAME.jsonl, then levels.json, the histogram and summary.json; the shard is the unit of resuming.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aligngpt-score", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--data", required=True, help="LLaVA data file: JSON array or JSON Lines of records")
-    p.add_argument("--images", required=True, help="image folder the records' `image` paths are relative to")
+    p.add_argument("--data", required=True,
+                   help="LLaVA data file (JSON array or JSON Lines of records), or webdataset shards: a brace "
+                        "pattern ('shards/{00000..00099}.tar'), a folder of .tar files, or a list file (.txt)")
+    p.add_argument("--images", default=None,
+                   help="image folder the records' `image` paths are relative to (JSON input only)")
     p.add_argument("--output", required=True, help="output folder (work/ inside holds the resumable shards)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="open_clip model name, open_clip config .json, hf-hub:ORG/REPO, local-dir:PATH, or "
@@ -43,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels-from", default=None, help="apply the edges of an existing levels.json")
     p.add_argument("--caption", default="gpt-first", choices=["gpt-first", "gpt-last", "gpt-all"],
                    help="which gpt turn is the caption; gpt-all joins all turns of a conversation")
-    p.add_argument("--caption-field", default=None, help="take the caption from this record field instead")
+    p.add_argument("--caption-field", default=None,
+                   help="take the caption from this record field instead (shards: this field of the .json member)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="shards: also write the normalised image and text embeddings into each scores parquet")
+    p.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
+                   help="where JPEGs are decoded: cpu (workers), device (nvjpeg on the GPU), auto (the GPU when a "
+                        "probe finds it faster; default)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default %(default)s)")
     p.add_argument("--num-workers", type=int, default=-1,
                    help="DataLoader workers decoding images (-1: one per CPU core, at most 16)")
@@ -80,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ScoreConfig(
             data_path=args.data, image_folder=args.images, output_dir=args.output, model=args.model,
             pretrained=args.pretrained, num_levels=args.num_levels, levels_from=args.levels_from,
-            caption=args.caption, caption_field=args.caption_field, batch_size=args.batch_size,
+            caption=args.caption, caption_field=args.caption_field, embeddings=args.embeddings,
+            decode=args.decode, batch_size=args.batch_size,
             num_workers=args.num_workers, decode_threads=args.decode_threads, chunk_size=args.chunk_size,
             device=args.device, precision=args.precision, strict=args.strict, drop_errors=args.drop_errors,
             keep_top=args.keep_top, min_score=args.min_score,

@@ -55,11 +55,14 @@ class ClipScorer:
             self.model.get_text_features(input_ids=tokens)
         return _features(image), _features(text)
 
+    def embed(self, pixels: torch.Tensor, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L2-normalised image and text embeddings, float32 [batch, dim] each."""
+        image, text = self.encode(pixels, tokens)
+        return torch.nn.functional.normalize(image.float(), dim=-1), torch.nn.functional.normalize(text.float(), dim=-1)
+
     def score(self, pixels: torch.Tensor, tokens: Any) -> torch.Tensor:
         """Cosine similarity of each image with its own caption, float32 [batch]."""
-        image, text = self.encode(pixels, tokens)
-        image = torch.nn.functional.normalize(image.float(), dim=-1)
-        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        image, text = self.embed(pixels, tokens)
         return (image * text).sum(dim=-1)
 
 
@@ -138,7 +141,8 @@ def split_to_tensor(preprocess):
     from torchvision import transforms as T
 
     steps = getattr(preprocess, "transforms", None)
-    if not steps or len(steps) < 2 or type(steps[-2]) is not T.ToTensor or type(steps[-1]) is not T.Normalize:
+    # open_clip >= 2.2x ends in MaybeToTensor, a ToTensor subclass with the same arithmetic on PIL images
+    if not steps or len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or type(steps[-1]) is not T.Normalize:
         return preprocess, None
     norm = steps[-1]
     return T.Compose([*steps[:-2], _ToUint8()]), (list(map(float, norm.mean)), list(map(float, norm.std)))

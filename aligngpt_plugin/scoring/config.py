@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aligngpt_plugin.scoring.backends import DEFAULT_MODEL, DEFAULT_PRETRAINED, is_transformers_clip
+from aligngpt_plugin.scoring.decoding import DECODE_MODES
 from aligngpt_plugin.scoring.records import CAPTION_MODES
+from aligngpt_plugin.scoring.shards import is_shard_input
 
 
 class ScoreError(RuntimeError):
@@ -17,8 +19,11 @@ class ScoreError(RuntimeError):
 class ScoreConfig:
     """Everything a scoring run needs; the CLI flags map one to one."""
 
-    data_path: str = field(metadata={"help": "LLaVA data file: a JSON array or JSON Lines of records"})
-    image_folder: str = field(metadata={"help": "folder the records' `image` paths are relative to"})
+    data_path: str = field(metadata={
+        "help": "LLaVA data file (a JSON array or JSON Lines of records), or webdataset shards: a brace pattern "
+                "(shards/{00000..00099}.tar), a folder of .tar files, or a list file (.txt, one shard a line)"})
+    image_folder: str | None = field(metadata={
+        "help": "folder the records' `image` paths are relative to (JSON input; shards hold their images)"})
     output_dir: str = field(metadata={"help": "where the outputs (and work/, the resumable shards) go"})
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "open_clip model name, open_clip config .json, hf-hub:/local-dir:, or hf:PATH (transformers CLIP)"})
@@ -29,7 +34,13 @@ class ScoreConfig:
     levels_from: str | None = field(default=None, metadata={"help": "apply the edges of this levels.json instead"})
     caption: Literal["gpt-first", "gpt-last", "gpt-all"] = field(default="gpt-first", metadata={
         "help": "which gpt turn is the caption (gpt-all joins every gpt turn of a conversation)"})
-    caption_field: str | None = field(default=None, metadata={"help": "take the caption from this record field"})
+    caption_field: str | None = field(default=None, metadata={
+        "help": "take the caption from this record field (shards: this field of the .json member, not the .txt)"})
+    embeddings: bool = field(default=False, metadata={
+        "help": "shards: also write the normalised image and text embeddings into each scores parquet"})
+    decode: Literal["auto", "cpu", "device"] = field(default="auto", metadata={
+        "help": "where JPEGs are decoded: cpu (workers, PIL), device (nvjpeg on the GPU), auto (device on CUDA "
+                "when a probe finds it faster)"})
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     num_workers: int = field(default=-1, metadata={"help": "DataLoader workers (-1: one per CPU core, at most 16)"})
     decode_threads: int = field(default=4, metadata={"help": "threads decoding one batch's images in a worker"})
@@ -52,6 +63,13 @@ class ScoreConfig:
     chunk_delay_s: float = field(default=0.0, metadata={"help": "sleep after each chunk (kill/resume tests)"})
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode={self.decode!r}; choose one of {DECODE_MODES}")
+        if self.image_folder is None and not self.shard_input:
+            raise ValueError(f"{self.data_path} is a JSON data file: give --images, the folder its image paths "
+                             "are relative to (only webdataset shards hold their images)")
+        if self.embeddings and not self.shard_input:
+            raise ValueError("embeddings are written into the per-shard parquet files: webdataset input only")
         if self.caption not in CAPTION_MODES:
             raise ValueError(f"caption={self.caption!r}; choose one of {CAPTION_MODES}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -72,6 +90,11 @@ class ScoreConfig:
         self.pretrained = self.pretrained or None
         if is_transformers_clip(self.model):
             self.pretrained = None  # the folder holds the weights
+
+    @property
+    def shard_input(self) -> bool:
+        """Whether data_path names webdataset shards (else a LLaVA JSON/JSONL file)."""
+        return is_shard_input(self.data_path)
 
 
 @dataclass

@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from aligngpt_plugin.scoring.config import ScoreConfig
+from aligngpt_plugin.scoring.decoding import prepare_encoded
 from aligngpt_plugin.scoring.records import InputPlan, caption_of, iter_records
 from aligngpt_plugin.scoring.records import record_problem as static_problem
+from aligngpt_plugin.scoring.shards import collate_prepared
 
 
 def load_image(path: Path):
@@ -51,8 +53,9 @@ class ChunkBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, plan: InputPlan, chunks: list[int], image_folder: str, preprocess, tokenize,
-                 config: ScoreConfig):
+                 config: ScoreConfig, send_jpeg: bool = False):
         self.plan, self.chunks, self.folder = plan, chunks, Path(image_folder)
+        self.send_jpeg = send_jpeg  # JPEG bytes go to the device undecoded (decoding.py)
         self.preprocess, self.tokenize = preprocess, tokenize
         self.batch_size, self.threads = config.batch_size, config.decode_threads
         self.caption, self.caption_field = config.caption, config.caption_field
@@ -102,21 +105,21 @@ class ChunkBatches(torch.utils.data.IterableDataset):
         if outside:
             return outside
         try:
-            return self.preprocess(load_image(path))
+            if self.send_jpeg:
+                return prepare_encoded(path.read_bytes(), self.preprocess, True)
+            return "pixels", self.preprocess(load_image(path))
         except Exception as e:  # any failure of one image is that record's error, never the run's
             return image_problem(path, e)
 
     def _batch(self, items: list[tuple[int, Any, str, str]], pool) -> dict:
+        """Rows: ids (index, id) of the decoded items, with their pixels or JPEG bytes and tokens."""
         prepared = list(pool.map(self._prepare, items)) if pool is not None and len(items) > 1 else \
             [self._prepare(item) for item in items]
-        good = [(item, p) for item, p in zip(items, prepared) if isinstance(p, torch.Tensor)]
-        errors = [{"index": item[0], "id": item[1], "image": item[2], "error": p}
-                  for item, p in zip(items, prepared) if not isinstance(p, torch.Tensor)]
-        batch = {"indices": [item[0] for item, _ in good], "ids": [item[1] for item, _ in good],
-                 "errors": errors, "pixels": None, "tokens": None}
-        if good:
-            batch["pixels"] = torch.stack([p for _, p in good])
-            batch["tokens"] = self.tokenize([item[3] for item, _ in good])
+        batch = collate_prepared([(item[0], item[1]) for item in items], [item[3] for item in items], prepared,
+                                 self.tokenize)
+        batch["errors"] = [{"index": item[0], "id": item[1], "image": item[2], "error": p}
+                           for item, p in zip(items, prepared) if isinstance(p, str)]
+        batch["image_names"] = {item[0]: item[2] for item in items}  # for errors found on the device
         return batch
 
 

@@ -35,6 +35,13 @@ from aligngpt_plugin.core.fileio import write_json_atomic
 from aligngpt_plugin.scoring.backends import ClipScorer, load_scorer
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
 from aligngpt_plugin.scoring.dataset import ChunkBatches, collate_identity
+from aligngpt_plugin.scoring.decoding import (
+    DevicePrefetcher,
+    JpegDecoder,
+    assemble_pixels,
+    choose_decode,
+    resize_crop_of,
+)
 from aligngpt_plugin.scoring.distributed import (
     autocast_dtype,
     barrier,
@@ -42,10 +49,18 @@ from aligngpt_plugin.scoring.distributed import (
     from_environment,
     resolve_device,
 )
-from aligngpt_plugin.scoring.merge import merge_outputs
+from aligngpt_plugin.scoring.merge import merge_outputs, merge_shard_outputs
 from aligngpt_plugin.scoring.records import InputError, InputPlan, iter_records, plan_input
 from aligngpt_plugin.scoring.records import record_problem as static_problem
-from aligngpt_plugin.scoring.work import prepare_work_dir, shard_path, write_shard
+from aligngpt_plugin.scoring.shards import ShardBatches, ShardPlan, plan_shards
+from aligngpt_plugin.scoring.work import (
+    prepare_shard_work_dir,
+    prepare_work_dir,
+    shard_outputs,
+    shard_path,
+    write_shard,
+    write_shard_outputs,
+)
 
 
 def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, device: torch.device,
@@ -58,20 +73,17 @@ def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, devic
     workers = default_workers() if config.num_workers < 0 else config.num_workers
     batches = sum(-(-len(plan.chunk_range(c)) // config.batch_size) for c in todo)
     workers = min(workers, batches)  # workers share batches, not chunks: one chunk keeps them all busy
-    dataset = ChunkBatches(plan, todo, config.image_folder, scorer.preprocess, scorer.tokenize, config)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=workers, collate_fn=collate_identity, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None, persistent_workers=False)
-    dtype = autocast_dtype(config.precision, device)
+    decoder = _decoder(config, scorer, device, workers)
+    dataset = ChunkBatches(plan, todo, config.image_folder, scorer.preprocess, scorer.tokenize, config,
+                           send_jpeg=decoder is not None)
     pending: dict[int, list[dict]] = {}
     received: dict[int, int] = {}
     total = sum(len(plan.chunk_range(c)) for c in todo)
     bar = _progress(total, config.progress and rank == 0, f"scoring (rank 0 of {world_size})" if world_size > 1
                     else "scoring")
     chunks_done = images = 0
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        for batch in loader:
+    with _scoring_mode(config, device):
+        for batch in DevicePrefetcher(_loader(dataset, workers, device), device):
             lines = pending.setdefault(batch["chunk"], [])
             if batch["errors"] and config.strict:
                 first = batch["errors"][0]
@@ -79,14 +91,14 @@ def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, devic
                                  f"{first['error']}. Fix it, or run without --strict to list such records in "
                                  "errors.jsonl and score the rest")
             lines.extend(batch["errors"])
-            if batch["pixels"] is not None:
-                pixels = scorer.pixels(batch["pixels"], device)
-                tokens = _to_device(batch["tokens"], device)
-                scores = scorer.score(pixels, tokens).cpu().tolist()  # a sync point, once per batch
-                lines.extend({"index": i, "id": ident, "score": s}
-                             for i, ident, s in zip(batch["indices"], batch["ids"], scores))
-                images += len(scores)
-            bar.update(len(batch["indices"]) + len(batch["errors"]))
+            rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=False)
+            for (index, ident), reason in failed:
+                if config.strict:
+                    raise ScoreError(f"record {index} (id {ident!r}) of {config.data_path}: {reason}")
+                lines.append({"index": index, "id": ident, "image": batch["image_names"][index], "error": reason})
+            lines.extend({"index": index, "id": ident, "score": score} for (index, ident), score in rows)
+            images += len(rows)
+            bar.update(len(batch["ids"]) + len(batch["errors"]))
             received[batch["chunk"]] = received.get(batch["chunk"], 0) + 1
             if received[batch["chunk"]] == batch["batches"]:  # the chunk's last batch, from whichever worker
                 write_shard(shard_path(config.output_dir, batch["chunk"]), pending.pop(batch["chunk"]))
@@ -95,6 +107,105 @@ def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, devic
                     time.sleep(config.chunk_delay_s)
     bar.close()
     return chunks_done, images, workers
+
+
+def score_shards(config: ScoreConfig, plan: ShardPlan, scorer: ClipScorer, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
+    """Score this rank's unfinished webdataset shards (r, r+W, ...) and write each one's outputs when its last
+    batch arrives. Returns (shards, images) scored now and the DataLoader workers used."""
+    todo = [(s, plan.urls[s]) for s in range(rank, plan.num_shards, world_size)
+            if not shard_outputs(config.output_dir, plan.names[s])["done"].is_file()]
+    if not todo:
+        return 0, 0, 0
+    workers = default_workers() if config.num_workers < 0 else config.num_workers
+    decoder = _decoder(config, scorer, device, workers)
+    dataset = ShardBatches(todo, scorer.preprocess, scorer.tokenize, config, send_jpeg=decoder is not None)
+    pending: dict[int, dict] = {}
+    bar = _progress(None, config.progress and rank == 0, f"scoring {len(todo)} shards" +
+                    (f" (rank 0 of {world_size})" if world_size > 1 else ""))
+    shards_done = images = 0
+    with _scoring_mode(config, device):
+        for batch in DevicePrefetcher(_loader(dataset, workers, device), device):
+            name = plan.names[batch["shard"]]
+            state = pending.setdefault(batch["shard"], {"scored": [], "errors": [], "received": 0, "batches": None})
+            if batch["errors"] and config.strict:
+                first = batch["errors"][0]
+                raise ScoreError(f"shard {name}, key {first['key']!r}: {first['error']}. Fix it, or run without "
+                                 "--strict to list such samples in errors/ and score the rest")
+            state["errors"].extend(batch["errors"])
+            rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=config.embeddings)
+            for (position, key), reason in failed:
+                if config.strict:
+                    raise ScoreError(f"shard {name}, key {key!r}: {reason}")
+                state["errors"].append({"position": position, "key": key, "error": reason})
+            state["scored"].extend((position, key, *values) for (position, key), *values in rows)
+            images += len(rows)
+            bar.update(len(batch["ids"]) + len(batch["errors"]))
+            state["received"] += 1
+            if batch["last"]:
+                state.update(batches=batch["batches"], sha256=batch["sha256"], bytes=batch["bytes"])
+            if state["received"] == state["batches"]:  # the shard's batches are all in, from whichever worker
+                write_shard_outputs(config, name, plan.urls[batch["shard"]], state["scored"], state["errors"],
+                                    state["sha256"], state["bytes"])
+                del pending[batch["shard"]]
+                shards_done += 1
+                if config.chunk_delay_s:
+                    time.sleep(config.chunk_delay_s)
+    bar.close()
+    return shards_done, images, workers
+
+
+def _decoder(config: ScoreConfig, scorer: ClipScorer, device: torch.device, workers: int) -> JpegDecoder | None:
+    """The GPU JPEG decoder when --decode picks the device (decoding.py), else None (workers decode)."""
+    where, why = choose_decode(config.decode, device, scorer.preprocess, max(1, workers))
+    if config.decode != "cpu" and device.type == "cuda":
+        print(f"aligngpt-score: decoding JPEGs on the {'GPU' if where == 'device' else 'CPU'} ({why})",
+              file=sys.stderr)
+    return JpegDecoder(device, resize_crop_of(scorer.preprocess)) if where == "device" else None
+
+
+def _loader(dataset, workers: int, device: torch.device):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, collate_fn=collate_identity, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def _scoring_mode(config: ScoreConfig, device: torch.device):
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    dtype = autocast_dtype(config.precision, device)
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    return stack
+
+
+def _score_batch(batch: dict, scorer: ClipScorer, decoder: JpegDecoder | None, device: torch.device,
+                 embeddings: bool) -> tuple[list[tuple], list[tuple]]:
+    """Rows (id, score[, image embedding, text embedding]) of the batch's images, and (id, reason) of the
+    JPEGs that failed to decode on the device and in PIL."""
+    if not batch["ids"]:
+        return [], []
+    pixels, failed = assemble_pixels(batch, decoder, scorer.preprocess, device)
+    ids, tokens = batch["ids"], batch["tokens"]
+    if failed:
+        bad = {row for row, _ in failed}
+        keep = [r for r in range(len(ids)) if r not in bad]
+        failed = [(ids[row], reason) for row, reason in failed]
+        ids, tokens = [ids[r] for r in keep], _rows(tokens, keep)
+    if pixels is None or not ids:
+        return [], failed
+    image, text = scorer.embed(scorer.pixels(pixels, device), _to_device(tokens, device))
+    scores = (image * text).sum(dim=-1).cpu().tolist()  # a sync point, once per batch
+    if not embeddings:
+        return list(zip(ids, scores)), failed
+    return list(zip(ids, scores, image.cpu().tolist(), text.cpu().tolist())), failed
+
+
+def _rows(tokens: Any, keep: list[int]) -> Any:
+    if isinstance(tokens, dict):
+        return {k: v[keep] for k, v in tokens.items()}
+    return tokens[keep]
+
 
 def _to_device(tokens: Any, device: torch.device) -> Any:
     if isinstance(tokens, dict):
@@ -119,25 +230,32 @@ def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> Scor
     else:
         rank, world, local_rank, owns_group = from_environment()
     device = resolve_device(config, local_rank)
+    shards = config.shard_input
     try:
-        if not Path(config.image_folder).is_dir():
-            raise InputError(f"image folder {config.image_folder} not found")
-        plan = plan_input(config.data_path, config.chunk_size)
-        if config.strict:
-            _strict_precheck(config, plan)
+        if shards:
+            plan = plan_shards(config.data_path)
+            prepare = prepare_shard_work_dir
+        else:
+            if not Path(config.image_folder).is_dir():
+                raise InputError(f"image folder {config.image_folder} not found")
+            plan = plan_input(config.data_path, config.chunk_size)
+            if config.strict:
+                _strict_precheck(config, plan)
+            prepare = prepare_work_dir
         Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        prepare_work_dir(config, plan, is_writer=rank == 0 or config.rank is not None)
+        prepare(config, plan, is_writer=rank == 0 or config.rank is not None)
         if world > 1 and owns_group:
             barrier(device)  # rank 0 has cleared or created work/ before anyone writes a shard
-            prepare_work_dir(config, plan, is_writer=False)
+            prepare(config, plan, is_writer=False)
         if scorer is None:
             scorer = load_scorer(config.model, config.pretrained, device)
-        chunks, images, workers = score_chunks(config, plan, scorer, device, rank, world)
+        score = score_shards if shards else score_chunks
+        chunks, images, workers = score(config, plan, scorer, device, rank, world)
         if owns_group or (world > 1 and config.rank is None):
             barrier(device)
         if rank != 0 or not config.merge or config.rank is not None:
             return None
-        summary = merge_outputs(config, plan)
+        summary = merge_shard_outputs(config, plan) if shards else merge_outputs(config, plan)
         seconds = time.perf_counter() - started
         summary.chunks_scored_now, summary.images_scored_now, summary.workers = chunks, images, workers
         summary.seconds = round(seconds, 3)
@@ -153,9 +271,14 @@ def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> Scor
 
 def merge_only(config: ScoreConfig) -> ScoreSummary:
     """Write the outputs from shards that separate jobs (--rank/--world-size) have finished."""
-    plan = plan_input(config.data_path, config.chunk_size)
-    prepare_work_dir(config, plan, is_writer=False)
-    summary = merge_outputs(config, plan)
+    if config.shard_input:
+        plan = plan_shards(config.data_path)
+        prepare_shard_work_dir(config, plan, is_writer=False)
+        summary = merge_shard_outputs(config, plan)
+    else:
+        plan = plan_input(config.data_path, config.chunk_size)
+        prepare_work_dir(config, plan, is_writer=False)
+        summary = merge_outputs(config, plan)
     write_json_atomic(summary.outputs["summary"], asdict(summary), indent=1)
     return summary
 

@@ -1,5 +1,6 @@
 """The outputs of a scoring run, from its finished shards: scores.jsonl, errors.jsonl, the dataset with
-`align_level`, levels.json and the histogram, each written atomically."""
+`align_level`, levels.json and the histogram, each written atomically. For webdataset input the per-shard
+parquet and errors files are the scores and errors; the merge adds levels.json and the histogram."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aligngpt_plugin.core.fileio import atomic_open, atomic_path
 from aligngpt_plugin.core.levels import LevelsFile, assign_levels, level_counts, quantile_edges, score_stats
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
 from aligngpt_plugin.scoring.records import InputPlan, iter_records
-from aligngpt_plugin.scoring.work import shard_path
+from aligngpt_plugin.scoring.work import shard_outputs, shard_path
 
 
 def output_paths(config: ScoreConfig, plan: InputPlan | None = None) -> dict[str, Path]:
@@ -66,14 +67,7 @@ def merge_outputs(config: ScoreConfig, plan: InputPlan) -> ScoreSummary:
                     reasons[kind] = reasons.get(kind, 0) + 1
                     error_file.write(json.dumps(item) + "\n")
     score_arr = np.frombuffer(scores, dtype=np.float64) if scores else np.zeros(0)
-    if config.levels_from:
-        source = LevelsFile.read(config.levels_from)
-        if config.num_levels not in (None, source.num_levels):
-            raise ScoreError(f"--levels {config.num_levels} contradicts {config.levels_from} "
-                             f"({source.num_levels} levels); drop one of them")
-        num_levels, edges = source.num_levels, list(source.edges)
-    else:
-        num_levels, edges = config.num_levels, quantile_edges(score_arr, config.num_levels)
+    num_levels, edges = _edges(config, score_arr)
     levels = assign_levels(score_arr, edges)
     counts = level_counts(levels, num_levels)
     threshold = filter_threshold(score_arr, config.keep_top, config.min_score)
@@ -165,3 +159,78 @@ def plot_histogram(scores: np.ndarray, edges: list[float], path: str | Path, tit
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
+
+
+def merge_shard_outputs(config: ScoreConfig, plan) -> ScoreSummary:
+    """levels.json, the histogram (and with keep_top/min_score filtered.parquet: shard, key, score,
+    align_level) from the finished shards' outputs. Raises ScoreError naming the shards still missing."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = [shard_outputs(config.output_dir, name) for name in plan.names]
+    missing = [name for name, f in zip(plan.names, files) if not f["done"].is_file()]
+    if missing:
+        raise ScoreError(f"{len(missing)} of {plan.num_shards} shards are not scored yet (first: {missing[:5]}); "
+                         "run the scoring again with the same arguments to finish them")
+    identity = hashlib.sha256()
+    samples = 0
+    reasons: dict[str, int] = {}
+    parts, keys, owners = [], [], []
+    for name, f in zip(plan.names, files):
+        done = json.loads(f["done"].read_text())
+        identity.update(f"{name} {done['sha256']}\n".encode())
+        samples += done["samples"]
+        table = pq.read_table(f["scores"], columns=["key", "score"])
+        parts.append(table.column("score").to_numpy().astype(np.float64))
+        keys.append(table.column("key"))
+        owners.append(len(table))
+        with open(f["errors"]) as lines:
+            for line in lines:
+                kind = _reason_kind(json.loads(line)["error"])
+                reasons[kind] = reasons.get(kind, 0) + 1
+    score_arr = np.concatenate(parts) if parts else np.zeros(0)
+    num_levels, edges = _edges(config, score_arr)
+    levels = assign_levels(score_arr, edges)
+    counts = level_counts(levels, num_levels)
+    out = Path(config.output_dir)
+    paths = {"scores": out / "scores", "errors": out / "errors", "levels": out / "levels.json",
+             "histogram": out / "scores_histogram.png", "summary": out / "summary.json"}
+    threshold = filter_threshold(score_arr, config.keep_top, config.min_score)
+    filtered = None
+    if threshold is not None:
+        keep = score_arr >= threshold
+        shard_column = np.repeat(np.array(plan.names, dtype=object), owners)
+        table = pa.table({"shard": pa.array(shard_column[keep].tolist(), pa.string()),
+                          "key": pa.concat_arrays([c.combine_chunks() for c in keys]).filter(pa.array(keep))
+                          if keys else pa.array([], pa.string()),
+                          "score": pa.array(score_arr[keep], pa.float32()),
+                          "align_level": pa.array(levels[keep], pa.int32())})
+        paths["filtered"] = out / "filtered.parquet"
+        with atomic_path(paths["filtered"]) as tmp:
+            pq.write_table(table, tmp)
+        filtered = int(keep.sum())
+    levels_file = LevelsFile(
+        num_levels=num_levels, edges=edges, model=config.model, pretrained=config.pretrained, counts=counts,
+        input_path=str(config.data_path), input_sha256=identity.hexdigest(), records=samples,
+        scored=int(score_arr.size), errors=dict(sorted(reasons.items())),
+        caption=f"field:{config.caption_field}" if config.caption_field else "txt",
+        edges_from=str(config.levels_from) if config.levels_from else None, score_stats=score_stats(score_arr))
+    levels_file.write(paths["levels"])
+    plot_histogram(score_arr, edges, paths["histogram"],
+                   f"{plan.num_shards} shards: {score_arr.size} scores, {num_levels} levels ({config.model})")
+    return ScoreSummary(records=samples, scored=int(score_arr.size), errors=levels_file.errors, counts=counts,
+                        edges=edges, outputs={k: str(v) for k, v in paths.items()}, filtered=filtered,
+                        filter_threshold=threshold)
+
+
+def _edges(config: ScoreConfig, scores: np.ndarray) -> tuple[int, list[float]]:
+    """The number of levels and their edges: those of --levels-from, or equal-count quantiles of `scores`."""
+    if config.levels_from:
+        source = LevelsFile.read(config.levels_from)
+        if config.num_levels not in (None, source.num_levels):
+            raise ScoreError(f"--levels {config.num_levels} contradicts {config.levels_from} "
+                             f"({source.num_levels} levels); drop one of them")
+        return source.num_levels, list(source.edges)
+    return config.num_levels, quantile_edges(scores, config.num_levels)

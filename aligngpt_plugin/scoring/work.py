@@ -1,5 +1,6 @@
-"""The work folder of a scoring run: one shard per chunk of records, and the manifest that ties them to the
-run's input and settings (a restart with other settings is refused instead of mixing shards)."""
+"""The work folder of a scoring run: one shard per chunk of records (JSON input) or one output set per input
+shard (webdataset input), and the manifest that ties them to the run's input and settings (a restart with
+other settings is refused instead of mixing them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from aligngpt_plugin.core.fileio import write_json_atomic, write_jsonl_atomic
+from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic, write_jsonl_atomic
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError
 from aligngpt_plugin.scoring.records import InputPlan
 
@@ -49,3 +50,70 @@ def prepare_work_dir(config: ScoreConfig, plan: InputPlan, is_writer: bool) -> N
 def write_shard(path: Path, lines: list[dict]) -> None:
     lines = sorted(lines, key=lambda x: x["index"])
     write_jsonl_atomic(path, lines)
+
+
+# ------------------------------------------------------------------------------------------ webdataset shards
+
+SHARD_MANIFEST_KEYS = ("shards", "model", "pretrained", "caption_field", "embeddings")
+
+
+def shard_outputs(output_dir: str | Path, name: str) -> dict[str, Path]:
+    """Where one input shard's outputs go; `done` is written last and marks the shard finished."""
+    out = Path(output_dir)
+    return {"scores": out / "scores" / f"{name}.parquet", "errors": out / "errors" / f"{name}.jsonl",
+            "done": out / WORK / f"shard_{name}.json"}
+
+
+def prepare_shard_work_dir(config: ScoreConfig, plan, is_writer: bool) -> None:
+    """work/ for shard input: create it with its manifest, or refuse one made from other shards or settings."""
+    work = Path(config.output_dir) / WORK
+    manifest_file = work / "run.json"
+    wanted = {"shards": plan.identity(), "model": config.model, "pretrained": config.pretrained,
+              "caption_field": config.caption_field, "embeddings": config.embeddings, "input": config.data_path,
+              "config": asdict(config)}
+    if is_writer and config.overwrite and config.rank in (None, 0) and work.exists():
+        shutil.rmtree(work)
+        for folder in ("scores", "errors"):
+            shutil.rmtree(Path(config.output_dir) / folder, ignore_errors=True)
+    if manifest_file.is_file():
+        found = json.loads(manifest_file.read_text())
+        changed = [k for k in SHARD_MANIFEST_KEYS if found.get(k) != wanted[k]]
+        if changed:
+            detail = "; ".join(f"{k}: {_short(found.get(k))} then, {_short(wanted[k])} now" for k in changed)
+            raise ScoreError(f"{config.output_dir} holds the outputs of another run ({detail}). Use another "
+                             "--output, or --overwrite to discard them")
+        return
+    if is_writer:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest_file, wanted, indent=1)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def write_shard_outputs(config: ScoreConfig, name: str, url: str, scored: list[tuple], errors: list[dict],
+                        sha256: str, size: int) -> None:
+    """One finished shard: scores/NAME.parquet (key, score[, image_embedding, text_embedding]) in the shard's
+    order, errors/NAME.jsonl, then work/shard_NAME.json, each atomically; the last marks the shard done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = shard_outputs(config.output_dir, name)
+    scored = sorted(scored, key=lambda row: row[0])
+    columns = {"key": pa.array([row[1] for row in scored], pa.string()),
+               "score": pa.array([row[2] for row in scored], pa.float32())}
+    if config.embeddings:
+        for k, column in ((3, "image_embedding"), (4, "text_embedding")):
+            dim = len(scored[0][k]) if scored else 0
+            flat = pa.array([v for row in scored for v in row[k]], pa.float32())
+            columns[column] = pa.FixedSizeListArray.from_arrays(flat, dim) if scored else \
+                pa.array([], pa.list_(pa.float32()))
+    with atomic_path(paths["scores"]) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+    errors = sorted(errors, key=lambda e: e["position"])
+    write_jsonl_atomic(paths["errors"], [{"shard": name, **e} for e in errors])
+    write_json_atomic(paths["done"], {"shard": url, "sha256": sha256, "bytes": size,
+                                      "samples": len(scored) + len(errors), "scored": len(scored),
+                                      "errors": len(errors)}, indent=1)

@@ -1,0 +1,258 @@
+"""Where JPEGs are decoded: in the DataLoader workers (PIL, the default) or on the GPU (nvjpeg).
+
+On a GPU the CPU cores can be what bounds a run: each worker decodes, resizes and crops its images before
+the model sees them. `--decode device` (or `auto`, when a timing probe finds it faster) lets the workers send
+the JPEG bytes as they are (a uint8 tensor, pinned by the DataLoader); the main process decodes a whole batch
+with `torchvision.io.decode_jpeg(..., device="cuda")`, then resizes and crops it on the GPU. Images that are
+not JPEGs (PNG, WebP, ...) are still decoded by the workers, and a JPEG that nvjpeg refuses (CMYK, some
+progressive files) is decoded by PIL in the main process, so the two paths accept the same files.
+
+The GPU resize is torch's antialiased bicubic, not PIL's: pixels may differ from the CPU path by a few
+levels of 255, so scores differ in the third or fourth decimal. The decoded pixels themselves are the same
+(both use libjpeg-turbo's arithmetic on CPU; nvjpeg on the GPU agrees up to rounding).
+
+`DevicePrefetcher` moves batch i+1 to the GPU on a side stream while batch i runs, from pinned memory.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+DECODE_MODES = ("auto", "cpu", "device")
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == JPEG_MAGIC
+
+
+@dataclass
+class ResizeCrop:
+    """The geometric part of open_clip's eval transform (Resize shortest side, CenterCrop), on tensors."""
+
+    size: int
+    crop: tuple[int, int]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [3, h, w] on any device -> uint8 [3, crop_h, crop_w] on the same device."""
+        from torchvision.transforms.v2 import functional as F
+
+        bicubic = F.InterpolationMode.BICUBIC
+        if image.device.type == "cpu":  # torch has a uint8 antialiased bicubic kernel on the CPU only
+            resized = F.resize(image, [self.size], interpolation=bicubic, antialias=True)
+        else:
+            resized = F.resize(image.float(), [self.size], interpolation=bicubic, antialias=True)
+            resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+        return F.center_crop(resized, list(self.crop))
+
+
+def resize_crop_of(preprocess) -> ResizeCrop | None:
+    """The ResizeCrop equal to `preprocess` (a worker-side transform ending in uint8 pixels), or None when it
+    does anything else (another interpolation, a max_size, letterboxing): then only the CPU path is exact."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 3 or type(steps[0]) is not T.Resize or type(steps[1]) is not T.CenterCrop:
+        return None
+    resize, crop = steps[0], steps[1]
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    if size is None or resize.max_size is not None or resize.interpolation != T.InterpolationMode.BICUBIC:
+        return None
+    if any(type(s).__name__ not in ("MaybeConvertMode", "function", "_ToUint8") for s in steps[2:]):
+        return None
+    return ResizeCrop(int(size), tuple(int(v) for v in crop.size))
+
+
+class JpegDecoder:
+    """Decodes a batch of JPEG byte tensors on `device` and resizes and crops them there."""
+
+    def __init__(self, device: torch.device, resize_crop: ResizeCrop):
+        self.device, self.resize_crop = device, resize_crop
+
+    def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        """One uint8 [3, h, w] tensor (on the device) per input, or the exception that input raised."""
+        with warnings.catch_warnings():  # torchvision 0.29 points at TorchCodec on every call; decode_jpeg stays
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self._decode(encoded)
+
+    def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if not encoded:
+            return []
+        try:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+            images = []
+            for data in encoded:
+                try:
+                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError as e:
+                    images.append(e)
+        return [im if isinstance(im, Exception) else self.resize_crop(im) for im in images]
+
+
+def prefer_device(device_s_per_image: float, cpu_s_per_image: float, cpu_decoders: int) -> bool:
+    """Whether the device decodes faster than the CPU decoders together (each at cpu_s_per_image)."""
+    return device_s_per_image * max(1, cpu_decoders) < cpu_s_per_image
+
+
+def choose_decode(requested: str, device: torch.device, preprocess, cpu_decoders: int) -> tuple[str, str]:
+    """("cpu" or "device", why). `device` asks for GPU decoding and fails with the reason when it cannot be
+    had; `auto` takes it on CUDA when a probe on a photo-sized JPEG finds it faster than the CPU decoders."""
+    if requested not in DECODE_MODES:
+        raise ValueError(f"decode={requested!r}; choose one of {DECODE_MODES}")
+    if requested == "cpu":
+        return "cpu", "asked for"
+    why_not = None
+    resize_crop = resize_crop_of(preprocess)
+    if device.type != "cuda":
+        why_not = f"the model runs on {device}, not on a CUDA device"
+    elif resize_crop is None:
+        why_not = "the model's image transform is not Resize(bicubic) + CenterCrop, which the GPU path reproduces"
+    if why_not is None:
+        try:
+            device_s, cpu_s = probe_decode_speed(JpegDecoder(device, resize_crop), preprocess)
+        except RuntimeError as e:  # torchvision built without nvjpeg, or no usable CUDA
+            why_not = f"GPU JPEG decoding failed: {e}"
+    if why_not is not None:
+        if requested == "device":
+            raise ValueError(f"--decode device: {why_not}; use --decode cpu or auto")
+        return "cpu", why_not
+    if requested == "device" or prefer_device(device_s, cpu_s, cpu_decoders):
+        return "device", f"GPU {1 / device_s:.0f} images/s vs CPU {cpu_decoders / cpu_s:.0f}"
+    return "cpu", f"CPU {cpu_decoders / cpu_s:.0f} images/s vs GPU {1 / device_s:.0f}"
+
+
+def probe_jpeg(width: int = 500, height: int = 375) -> bytes:
+    """A photo-like JPEG (smooth noise) of a typical web image's size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).resize((width, height), Image.BILINEAR).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def probe_decode_speed(decoder: JpegDecoder, preprocess, n: int = 64) -> tuple[float, float]:
+    """Seconds per image of the device path (batches of n) and of PIL decode + preprocess in one thread."""
+    import io
+
+    from PIL import Image
+
+    data = probe_jpeg()
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for _ in range(n)]
+    decoder.decode(encoded[:4])  # warm-up: nvjpeg handles, kernels
+    torch.cuda.synchronize(decoder.device)
+    start = time.perf_counter()
+    decoder.decode(encoded)
+    torch.cuda.synchronize(decoder.device)
+    device_s = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    for _ in range(8):
+        with Image.open(io.BytesIO(data)) as image:
+            preprocess(image.convert("RGB"))
+    return device_s, (time.perf_counter() - start) / 8
+
+
+class DevicePrefetcher:
+    """Iterates batches with their tensors already on the device: batch i+1 is copied on a side CUDA stream
+    (from pinned memory, non-blocking) while batch i is computed. On the CPU it passes batches through."""
+
+    def __init__(self, batches: Iterable[dict], device: torch.device):
+        self.batches, self.device = batches, device
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.device.type != "cuda":
+            yield from self.batches
+            return
+        stream = torch.cuda.Stream(self.device)
+        pending = None
+        for batch in self.batches:
+            with torch.cuda.stream(stream):
+                moved = to_device(batch, self.device)
+            if pending is not None:
+                yield pending
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            _record_stream(moved, torch.cuda.current_stream(self.device))
+            pending = moved
+        if pending is not None:
+            yield pending
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors in a batch (dicts, lists) moved to `device`, non-blocking; encoded JPEGs stay on the CPU
+    (decode_jpeg reads them there)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: (v if k == "encoded" else to_device(v, device)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value
+
+
+def _record_stream(value: Any, stream) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.is_cuda:
+            value.record_stream(stream)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _record_stream(v, stream)
+    elif isinstance(value, list):
+        for v in value:
+            _record_stream(v, stream)
+
+
+def prepare_encoded(data: bytes, preprocess, send_jpeg: bool) -> tuple[str, torch.Tensor]:
+    """A worker's part for one image: ("encoded", its bytes as uint8) for a JPEG the device decodes, else
+    ("pixels", preprocess(image)) decoded here with PIL. Raises what PIL raises for a bad file."""
+    import io
+
+    from PIL import Image
+
+    if send_jpeg and is_jpeg(data):
+        return "encoded", torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # a truncated file fails here, not later
+        return "pixels", preprocess(image.convert("RGB"))
+
+
+def assemble_pixels(batch: dict, decoder: JpegDecoder | None, preprocess,
+                    device: torch.device) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
+    """The batch's pixels on the device, decoded ones and worker-made ones in row order, and the rows whose
+    JPEG neither nvjpeg nor PIL could decode, with the reason."""
+    if batch["encoded"] is None:
+        return batch["pixels"], []
+    decoded = decoder.decode(batch["encoded"])
+    failed: list[tuple[int, str]] = []
+    for k, image in enumerate(decoded):
+        if isinstance(image, Exception):  # nvjpeg refuses some files PIL reads (CMYK, ...): PIL decides
+            try:
+                decoded[k] = prepare_encoded(batch["encoded"][k].numpy().tobytes(), preprocess, False)[1].to(device)
+            except Exception as e:  # noqa: BLE001 (the image's error, not the run's)
+                failed.append((batch["encoded_rows"][k], f"cannot decode image: {type(e).__name__}: {e}"))
+    good = [image for image in decoded if isinstance(image, torch.Tensor)]
+    if not good and not batch["pixel_rows"]:
+        return None, failed
+    shape = good[0].shape if good else batch["pixels"].shape[1:]
+    rows = len(batch["encoded"]) + len(batch["pixel_rows"])
+    pixels = torch.empty((rows, *shape), dtype=torch.uint8, device=device)
+    if batch["pixel_rows"]:
+        pixels[batch["pixel_rows"]] = batch["pixels"].to(device, non_blocking=True)
+    for row, image in zip(batch["encoded_rows"], decoded):
+        if isinstance(image, torch.Tensor):
+            pixels[row] = image
+    if failed:
+        keep = [r for r in range(rows) if r not in {row for row, _ in failed}]
+        pixels = pixels[keep]
+    return pixels, failed
