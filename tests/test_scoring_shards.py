@@ -161,11 +161,13 @@ def test_a_bad_shard_list_is_refused_before_scoring(web, tmp_path, make, message
         plan_shards(str(make(web["clean"])))
 
 
-def test_json_input_still_needs_images(web, tmp_path, capsys):
+def test_json_input_needs_images_and_shards_refuse_them(web, tmp_path, capsys):
     data = tmp_path / "data.json"
     data.write_text("[]")
     assert score_main(["--data", str(data), "--output", str(tmp_path / "out")]) == 2
     assert "give --images" in capsys.readouterr().err
+    assert score_main(["--data", str(web["clean"]), "--images", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "hold their images: drop --images" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ scores and errors

@@ -8,6 +8,8 @@
 - `records`: reading LLaVA data files in one streaming pass, captions, record problems, the chunk plan;
 - `backends`: the CLIP models (open_clip names and checkpoints, transformers CLIP folders);
 - `dataset`: DataLoader workers that decode, preprocess and tokenize a chunk's batches;
+- `shards`: webdataset shards as input (img2dataset's layout): the shard list, reading samples, their batches;
+- `decoding`: where JPEGs are decoded (workers, or nvjpeg on the GPU) and the prefetch to the device;
 - `distributed`: devices and ranks (torchrun, or independent `--rank/--world-size` jobs);
 - `work`: the resumable shards and the run's manifest;
 - `merge`: the outputs (scores, errors, the levelled dataset, levels.json, histogram);

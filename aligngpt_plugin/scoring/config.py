@@ -68,6 +68,9 @@ class ScoreConfig:
         if self.image_folder is None and not self.shard_input:
             raise ValueError(f"{self.data_path} is a JSON data file: give --images, the folder its image paths "
                              "are relative to (only webdataset shards hold their images)")
+        if self.image_folder is not None and self.shard_input:
+            raise ValueError(f"{self.data_path} names webdataset shards, which hold their images: drop --images "
+                             f"{self.image_folder}")
         if self.embeddings and not self.shard_input:
             raise ValueError("embeddings are written into the per-shard parquet files: webdataset input only")
         if self.caption not in CAPTION_MODES:

@@ -13,6 +13,10 @@ How a run goes:
 3. Merge (rank 0, after a barrier; or `merge_outputs` later): scores.jsonl, errors.jsonl, the dataset with
    `align_level`, levels.json and the histogram, all written atomically.
 
+Webdataset shards (`shards.py`) go the same way with the input shard as the chunk: no planning pass (the
+shard's sha256 is taken while it is read), rank r of W takes shards r, r+W, ..., and a finished shard's
+outputs are scores/NAME.parquet, errors/NAME.jsonl and, last, work/shard_NAME.json, which marks it done.
+
 A record that cannot be scored (no image field, missing/truncated/corrupt image, empty caption, no id,
 an id seen before) is listed in errors.jsonl with its reason, gets no level and is counted in the
 summary; `strict=True` makes the first one fatal. In the levelled dataset such records keep their place
