@@ -407,3 +407,28 @@ def test_device_path_on_the_cpu_decodes_the_same_pixels_and_falls_back_to_pil(we
     np.testing.assert_allclose(a["score"], b["score"], atol=5e-3)
     errors = [json.loads(line) for line in (out / "errors" / "00000.jsonl").read_text().splitlines()]
     assert next(e for e in errors if e["key"] == "k0002")["error"].startswith("cannot decode image")
+
+
+def test_separate_jobs_then_merge_only_on_shards(web, reference, tmp_path):
+    out = tmp_path / "out"
+    for rank in (1, 0):
+        assert score_main(cli_args(web, web["clean"], out, "--num-workers", "0", "--rank", str(rank),
+                                   "--world-size", "2")) == 0
+        if rank == 1:
+            assert sorted(p.name for p in (out / "work").glob("shard_*")) == ["shard_00001.json", "shard_00003.json"]
+            assert score_main(cli_args(web, web["clean"], out, "--merge-only")) == 2  # shards 0 and 2 missing
+    assert score_main(cli_args(web, web["clean"], out, "--merge-only")) == 0
+    assert output_files(out) == output_files(reference)
+
+
+def test_shards_through_a_pipe_as_from_an_object_store(web, tmp_path):
+    """A list file of `pipe:` commands (as `pipe:aws s3 cp s3://bucket/00000.tar -`), opened by gopen."""
+    listing = tmp_path / "shards.txt"
+    listing.write_text("".join(f"pipe:cat {web['clean'] / f'{s:05d}.tar'}\n" for s in range(2)))
+    out = tmp_path / "out"
+    summary = score_dataset(make_config(web, listing, out))
+    assert summary.scored == 2 * PER_SHARD
+    for s in range(2):
+        assert read_scores(out, f"{s:05d}")["key"] == [f"{s:05d}{i:04d}" for i in range(PER_SHARD)]
+    done = json.loads((out / "work" / "shard_00001.json").read_text())
+    assert done["sha256"] == hashlib.sha256((web["clean"] / "00001.tar").read_bytes()).hexdigest()
