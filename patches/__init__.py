@@ -22,6 +22,7 @@ from types import ModuleType
 # Order matters only for the first: llava.train.llava_trainer cannot be imported without it.
 PATCH_MODULES: tuple[str, ...] = (
     "all_layernorm_layers",
+    "slow_tokenizer_class",
     "maybe_zero_3",
     "trainer_tokenizer_kwarg",
     "save_checkpoint_signature",
@@ -30,9 +31,12 @@ PATCH_MODULES: tuple[str, ...] = (
     "generate_cache_position",
     "eval_device",
     "evaluation_strategy_flag",
+    "warmup_ratio_flag",
     "deepspeed_final_save",
     "quantized_loading_kwargs",
     "cpu_distributed",
+    "clip_image_processor_backend",
+    "vision_tower_rng",
 )
 
 REGISTRY = "__aligngpt_patches__"

@@ -23,6 +23,7 @@ PROBES = {
     "llava_script_flags": "evaluation_strategy_flag",
     "deepspeed_final_save": "deepspeed_final_save",
     "qlora_loading": "quantized_loading_kwargs",
+    "vision_tower_rng": "vision_tower_rng",
 }
 
 
@@ -150,6 +151,25 @@ def probe_qlora_loading():
             quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["mm_projector"],
                                                    bnb_4bit_compute_dtype=torch.float32))
         assert type(model.get_model().layers[0].mlp.up_proj).__name__ == "Linear4bit"
+
+
+def probe_vision_tower_rng():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    from aligngpt_plugin.devkit.fixtures import FixtureSpec, write_tiny_clip
+
+    with tempfile.TemporaryDirectory() as out:
+        write_tiny_clip(Path(out), FixtureSpec())
+        torch.manual_seed(0)
+        expected = torch.rand(4)  # the first draws after seeding
+        torch.manual_seed(0)
+        CLIPVisionTower(out, args=SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
+        drawn = torch.rand(4)  # what the projector would draw next, in initialize_vision_modules
+        assert torch.equal(drawn, expected), "loading the vision tower advanced torch's RNG"
 
 
 def run(names=None) -> dict:

@@ -12,19 +12,20 @@ def test_installed_stack_passes():
     compat.check_stack()
 
 
-def test_transformers_5_is_refused_with_the_reason(monkeypatch):
-    monkeypatch.setattr(compat, "transformers_version", lambda: Version("5.23.0"))
-    monkeypatch.delenv(compat.ALLOW_TRANSFORMERS_5, raising=False)
+@pytest.mark.parametrize("version", ["4.57.6", "5.0.0", "5.5.4", "5.10.4", "5.14.1", "5.17.0", "5.24.0"])
+def test_measured_good_releases_pass(monkeypatch, version):
+    """The releases the suite (or its transformers-bound part) ran on with patches/ (README, Tested versions)."""
+    monkeypatch.setattr(compat, "transformers_version", lambda: Version(version))
+    compat.check_stack()
+
+
+def test_a_refused_release_names_its_reason_and_the_tested_lines(monkeypatch):
+    monkeypatch.setattr(compat, "REFUSED", (("==5.99.*", "it drops every image token (seen in a test)."),))
+    monkeypatch.setattr(compat, "transformers_version", lambda: Version("5.99.1"))
     with pytest.raises(compat.UnsupportedStackError) as err:
         compat.check_stack()
     message = str(err.value)
-    assert "5.23.0" in message and "training targets" in message and "transformers>=4.57,<5" in message
-
-
-def test_transformers_5_runs_when_the_user_insists(monkeypatch):
-    monkeypatch.setattr(compat, "transformers_version", lambda: Version("5.23.0"))
-    monkeypatch.setenv(compat.ALLOW_TRANSFORMERS_5, "1")
-    compat.check_stack()
+    assert "5.99.1" in message and "drops every image token" in message and "4.57" in message
 
 
 def test_old_transformers_is_refused(monkeypatch):

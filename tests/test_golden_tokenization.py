@@ -56,3 +56,15 @@ def test_image_token_and_bos_are_where_llava_puts_them():
 @pytest.mark.parametrize("case", sorted(REFERENCE["pixels"]))
 def test_pixels_match_reference(current, case):
     assert current["pixels"][case] == REFERENCE["pixels"][case]
+
+
+def test_mistral_backbone_folder_gives_the_same_targets(tmp_path, llava_ready):
+    """The same tokenizer files in a checkpoint whose config says `model_type: mistral` (LLaVA's Mistral
+    backbone): transformers 5 maps that model type to another tokenizer class unless patched."""
+    import shutil
+
+    for f in llava_golden.TOKENIZER_DIR.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    got = llava_golden.tokenize_records(llava_golden.load_tokenizer(tmp_path))
+    assert got == REFERENCE["tokens"]

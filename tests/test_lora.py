@@ -82,9 +82,9 @@ def test_4bit_loading_skips_the_alignment_module():
     kwargs = {"load_in_4bit": True, "load_in_8bit": False, "quantization_config": config, "device_map": {"": "cpu"}}
     fixed = lora.quantized_loading_kwargs(kwargs)
     assert fixed == kwargs  # load_in_4bit/8bit: patches/quantized_loading_kwargs.py drops them for every model
-    assert config.llm_int8_skip_modules == ["mm_projector", "alignment"]
+    assert config.llm_int8_skip_modules == ["mm_projector", "model.alignment"]
     lora.quantized_loading_kwargs(fixed)
-    assert config.llm_int8_skip_modules == ["mm_projector", "alignment"]
+    assert config.llm_int8_skip_modules == ["mm_projector", "model.alignment"]
     plain = {"torch_dtype": torch.float32}
     assert lora.quantized_loading_kwargs(plain) is plain
 

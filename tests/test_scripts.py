@@ -253,7 +253,7 @@ def test_qlora_script_keeps_alignment_in_full_precision(runs):
     out = runs / "aligngpt-7b-qlora"
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["load_in_4bit"] is True
-    assert "alignment" in config["quantization_config"]["llm_int8_skip_modules"]
+    assert "model.alignment" in config["quantization_config"]["llm_int8_skip_modules"]
     weights = torch.load(out / "non_lora_trainables.bin", map_location="cpu", weights_only=True)
     alignment = {k: v for k, v in weights.items() if ".alignment." in k}
     assert any(".gate." in k for k in alignment) and all(v.dtype == torch.float32 for v in alignment.values())

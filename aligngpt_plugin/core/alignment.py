@@ -89,12 +89,15 @@ def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def full_weights(params: list[nn.Parameter]):
     """A context in which `params` are whole: DeepSpeed ZeRO-3 partitions parameters (they carry `ds_id`),
-    so they are gathered for writing and re-partitioned after (rank 0's values win); else a no-op."""
-    if not any(hasattr(p, "ds_id") for p in params):
+    so they are gathered for writing and re-partitioned after (rank 0's values win); else a no-op.
+    Parameters an outer context already gathered are left to it: transformers 5 initialises missing weights
+    inside its own GatheredParameters, and DeepSpeed refuses nested contexts over the same parameters."""
+    partitioned = [p for p in params if hasattr(p, "ds_id") and getattr(p.ds_status, "name", None) != "AVAILABLE"]
+    if not partitioned:
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
 class AlignmentModule(nn.Module):

@@ -212,8 +212,12 @@ class Geometry:
     height: int
 
 
-def _size_field(size: Any) -> dict:
-    return size if isinstance(size, dict) else {"shortest_edge": int(size)}
+def _size_field(size: Any, key: str = "shortest_edge") -> dict:
+    """An image processor's size as a dict: transformers 4.x keeps a dict (or an int), 5.x a `SizeDict`
+    (iterable as its non-None (name, value) pairs)."""
+    if isinstance(size, (int, float)):
+        return {key: int(size)} if key == "shortest_edge" else {"height": int(size), "width": int(size)}
+    return dict(size)
 
 
 def preprocess_geometry(image_size: tuple[int, int], processor, aspect: str = "square") -> Geometry:
@@ -245,7 +249,7 @@ def preprocess_geometry(image_size: tuple[int, int], processor, aspect: str = "s
     tx, ty = ox * sx, oy * sy
     if getattr(processor, "do_center_crop", False):
         crop = getattr(processor, "crop_size", None)
-        crop = crop if isinstance(crop, dict) else {"height": crop, "width": crop}
+        crop = _size_field(crop, "crop")
         cw, ch = crop["width"], crop["height"]
         tx -= (nw - cw) // 2
         ty -= (nh - ch) // 2

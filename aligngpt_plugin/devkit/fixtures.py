@@ -164,6 +164,26 @@ def vision_module_args(clip: str | Path, pretrain_mm_mlp_adapter: str | Path | N
         mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
 
 
+def redraw_weights(model, seed: int):
+    """Draw every weight matrix and embedding of `model` again, from one seeded generator in name order.
+    transformers 4.57 and 5.x initialise CLIP in a different order (same laws, other numbers), and the
+    fixtures must be the same on both lines: tests/test_reference_run.py compares whole runs across them.
+    Norms and biases keep their constant init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.dim() < 2 and not name.endswith("class_embedding"):
+                continue
+            if name.endswith("embedding.weight") and "patch" not in name:
+                std = 0.02  # token and position tables
+            else:
+                std = (p[0].numel() if p.dim() >= 2 else p.numel()) ** -0.5  # 1/sqrt(fan-in)
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
 def write_tiny_clip(out: Path, spec: FixtureSpec) -> Path:
     """A random-init CLIPModel (text and vision, like openai/clip-vit-large-patch14-336) and its processor."""
     import torch
@@ -180,7 +200,7 @@ def write_tiny_clip(out: Path, spec: FixtureSpec) -> Path:
                            image_size=spec.image_size, patch_size=spec.patch_size),
         projection_dim=width,
     )
-    model = CLIPModel(config)
+    model = redraw_weights(CLIPModel(config), spec.seed + 1)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     CLIPImageProcessor(

@@ -7,28 +7,22 @@ stacks known to change LLaVA's training targets silently, and applies the fixes 
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import warnings
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 LLAVA_DIST = "llava-torch"
 LLAVA_VERSION = "1.2.2.post1"
-ALLOW_TRANSFORMERS_5 = "ALIGNGPT_ALLOW_TRANSFORMERS_5"
 
 INSTALL_HINT = (
     f"pip install --no-deps {LLAVA_DIST}=={LLAVA_VERSION}  "
     "(its metadata pins 2024 releases that cannot install today; the plugin declares what it really needs)"
 )
-
-TRANSFORMERS_5_REFUSAL = (
-    "transformers {version} is installed; the plugin runs LLaVA on transformers 4.57 (tested token for "
-    "token against LLaVA's reference 4.37.2). Under 5.x: other tokenizers than Llama-2's were seen to give "
-    "silently different training targets (no 'tokenization mismatch' warning); 5.0 crashes in LLaVA's "
-    "preprocess_v1 (no tokenizer.legacy); 5.23 rejects flags of LLaVA's own scripts (--warmup_ratio). "
-    "Install the tested release: pip install 'transformers>=4.57,<5'. To run anyway, at your own risk, "
-    f"set {ALLOW_TRANSFORMERS_5}=1."
-)
+TESTED_LINES = "4.57.x or >=5.1 (tested: 4.57.6, 5.17.0, 5.24.0)"
+# transformers releases measured to train or evaluate LLaVA wrongly even with patches/, each with what was
+# seen (README, "Tested versions"). Everything else from 4.37 on is let through.
+REFUSED: tuple[tuple[str, str], ...] = ()
 
 
 class UnsupportedStackError(RuntimeError):
@@ -60,12 +54,16 @@ def check_stack() -> None:
             stacklevel=2,
         )
     version = transformers_version()
-    if version.major >= 5 and os.environ.get(ALLOW_TRANSFORMERS_5) != "1":
-        raise UnsupportedStackError(TRANSFORMERS_5_REFUSAL.format(version=version))
     if version < Version("4.37"):
         raise UnsupportedStackError(
-            f"transformers {version} is older than LLaVA-1.5's reference 4.37.2; install 'transformers>=4.57,<5'"
+            f"transformers {version} is older than LLaVA-1.5's reference 4.37.2; install {TESTED_LINES}"
         )
+    for spec, reason in REFUSED:
+        if version in SpecifierSet(spec):
+            raise UnsupportedStackError(
+                f"transformers {version} is installed: {reason} Install a tested release: {TESTED_LINES}, "
+                "e.g. pip install 'transformers>=4.57,<5' or 'transformers==5.24.0'."
+            )
 
 
 def prepare_llava() -> dict[str, bool]:

@@ -52,12 +52,17 @@ class AlignGPTConfig(_AlignmentSettings, LlamaConfig):
     LlamaConfig but its model_type."""
 
     model_type = MODEL_TYPE
+    # In the class body, not only inherited: transformers 5 makes every config subclass a dataclass and
+    # replaces an inherited __init__ with the generated one (then `alignment` is neither defaulted nor
+    # validated, and the model classes are never registered).
+    __init__ = _AlignmentSettings.__init__
 
 
 class AlignGPTMistralConfig(_AlignmentSettings, MistralConfig):
     """AlignGPT on LLaVA's Mistral (`LlavaMistralForCausalLM`)."""
 
     model_type = MISTRAL_MODEL_TYPE
+    __init__ = _AlignmentSettings.__init__
 
 
 ALIGNGPT_CONFIGS = (AlignGPTConfig, AlignGPTMistralConfig)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 
 ALIGNMENT_MODULE = "alignment"
+QUANT_SKIP = f"model.{ALIGNMENT_MODULE}"
 NON_LORA_FILE = "non_lora_trainables.bin"
 PEFT_PREFIX = "base_model.model."
 # Modules LLaVA keeps out of LoRA, plus the alignment module (levels and gate).
@@ -72,6 +73,8 @@ def quantized_loading_kwargs(kwargs: dict) -> dict:
     if quant is None or not hasattr(quant, "llm_int8_skip_modules"):
         return kwargs
     skip = list(quant.llm_int8_skip_modules or [])
-    if ALIGNMENT_MODULE not in skip:
-        quant.llm_int8_skip_modules = [*skip, ALIGNMENT_MODULE]
+    # the module's full path: transformers 4.x skips a module whose name contains an entry, 5.x only one
+    # whose name starts or ends with it (`should_convert_module`), and the gate's layers are model.alignment.gate.N
+    if QUANT_SKIP not in skip:
+        quant.llm_int8_skip_modules = [*skip, QUANT_SKIP]
     return kwargs

@@ -241,6 +241,8 @@ class AlignGPTForCausalLMMixin:
                 output_hidden_states=None, images=None, image_sizes=None, return_dict=None,
                 align_levels=None, cache_position=None, **kwargs):
         self._gate_weights = None
+        if past_key_values is None:  # transformers 5.24+ names the KV cache `cache`
+            past_key_values = kwargs.pop("cache", None)
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
                 self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
@@ -248,7 +250,8 @@ class AlignGPTForCausalLMMixin:
                                                           align_levels=align_levels)
         out = self.backbone.forward(
             self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+            **{_cache_keyword(self.backbone): past_key_values}, inputs_embeds=inputs_embeds, labels=labels,
+            use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             **kwargs)
         return AlignGPTOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
@@ -259,6 +262,14 @@ class AlignGPTForCausalLMMixin:
         # set by the prefill's gate, kept for analysis after generate
         self.last_gate_weights = self.last_gate_samples = None
         return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+
+
+def _cache_keyword(backbone: type) -> str:
+    """`cache` where the backbone's forward takes it (transformers 5.24+; `past_key_values` is deprecated
+    there, to be removed in 5.40), else `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 class AlignGPTLlamaForCausalLM(AlignGPTForCausalLMMixin, LlavaLlamaForCausalLM):

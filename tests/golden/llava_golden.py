@@ -81,12 +81,12 @@ def make_images(folder: Path) -> None:
         image.save(path)
 
 
-def load_tokenizer():
+def load_tokenizer(folder: Path = TOKENIZER_DIR):
     """As LLaVA's train() loads Vicuna's tokenizer for the v1 and plain templates."""
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(
-        str(TOKENIZER_DIR), model_max_length=2048, padding_side="right", use_fast=False
+        str(folder), model_max_length=2048, padding_side="right", use_fast=False
     )
     tok.pad_token = tok.unk_token
     return tok
@@ -120,8 +120,8 @@ def digest(tensor) -> dict:
 
 def process_pixels(image_dir: Path) -> dict:
     from llava.mm_utils import expand2square, process_images
+    from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor  # the class LLaVA's tower builds
     from PIL import Image
-    from transformers import CLIPImageProcessor
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     processor = CLIPImageProcessor(  # openai/clip-vit-large-patch14-336's preprocessor_config.json
