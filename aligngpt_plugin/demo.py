@@ -1,21 +1,27 @@
-"""The main job on a built-in tiny default: score, levels, pre-training, fine-tuning, evaluation.
+"""AlignGPT's thesis tested end to end on a laptop, beside plain LLaVA: `make demo`.
 
-    make demo                          # installs what it needs, then runs this
+    make demo                                    # installs what it needs, then runs this (< 10 min, 2 cores)
     python -m aligngpt_plugin.demo --out runs/demo
+    python -m aligngpt_plugin.demo --out runs/quick --quick          # the test suite's size (~2 min)
+    python -m aligngpt_plugin.demo --out runs/demo --report-only     # redraw report.md and its figures
 
-The AlignGPT pipeline of METHOD.md end to end, each stage through the same entry point a user runs:
+AlignGPT claims that pre-training pairs differ in how well caption and image match, that CLIP scores
+measure it, and that a model told each pair's level (and later mixing levels per task) does better.
+The demo tests that in miniature, with the truth known, each stage through the entry point a user runs:
 
-1. `aligngpt-score`: CLIP similarity of every pre-training image-caption pair (the fixture's CLIP,
-   the one LLaVA's vision tower loads) and 8 equal-count alignment levels -> `levels/`.
-2. LLaVA stage 1 with `--align_levels 8` on the levelled captions: projector and level embeddings
-   -> `pretrain/mm_projector.bin`.
-3. LLaVA stage 2 with `--align_levels 8`: LLM, projector and gate -> `aligngpt-tiny-finetune/`.
-4. LLaVA's `model_vqa_loader` on the held-out questions, with the gate's weights dumped per question
-   -> `eval/answers.jsonl`, `eval/answers.gates.jsonl`, `eval/gates.json`, `eval/gate_heatmap.png`.
+1. Data: pictures of coloured shapes; each pre-training caption is true, partly true (one of colour,
+   shape, place wrong) or unrelated alt-text (50/25/25), the truth kept in the record -> `data/`.
+2. CLIP: a tiny open_clip model trained contrastively (open_clip's ClipLoss) on other shape pictures;
+   its held-out AUC of true against false captions; its vision half as LLaVA's tower -> `clip/`.
+3. `aligngpt-score` with that CLIP: scores and 8 levels, and how the levels follow the truth -> `levels/`.
+4. AlignGPT (`--align_levels 8`) and plain LLaVA, same seed, data and steps: stage 1 (pre-training)
+   and stage 2 (instruction tuning) with `python -m aligngpt_plugin.train` -> `aligngpt/`, `llava/`.
+5. LLaVA's `model_vqa_loader` on held-out pictures, questions on colour, shape and place; AlignGPT's
+   gate weights per question -> `eval/`.
+6. `report.md` with the numbers and figures, `summary.json`.
 
-`summary.json` gathers the level counts, both stages' losses, the answers, the share of colour
-questions answered right and the gate's mean weights. On 2 CPU cores it takes a few minutes. The tiny
-LLM starts from random weights: the demo shows that every stage runs, not a trained model.
+The LLM is a tiny random-init Llama with Vicuna-v1.5's tokenizer: it learns the task's language from
+the demo's own data, so its answers show what the pipeline learnt, not what a pretrained LLM knew.
 """
 
 from __future__ import annotations
@@ -24,17 +30,43 @@ import argparse
 import sys
 from pathlib import Path
 
-from aligngpt_plugin.devkit.demo import LEVELS, run
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aligngpt-demo", description=__doc__.split("\n\n")[0])
+    from aligngpt_plugin.devkit.demo import LEVELS, DemoSettings
+
+    defaults = DemoSettings()
+    parser = argparse.ArgumentParser(prog="aligngpt-demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
-    parser.add_argument("--pretrain-epochs", type=float, default=3)
-    parser.add_argument("--finetune-epochs", type=float, default=3)
+    parser.add_argument("--quick", action="store_true", help="small data and short trainings (the test suite's)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds data, CLIP, LLM and trainings (default 0)")
+    parser.add_argument("--pretrain-epochs", type=float, default=None,
+                        help=f"stage 1 epochs (default {defaults.pretrain_epochs:g})")
+    parser.add_argument("--finetune-epochs", type=float, default=None,
+                        help=f"stage 2 epochs (default {defaults.finetune_epochs:g})")
     parser.add_argument("--levels", type=int, default=LEVELS, help="alignment levels (default %(default)s)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="redraw report.md and its figures from --out/report_data.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    run(Path(args.out), args.pretrain_epochs, args.finetune_epochs, args.levels)
+
+    if args.report_only:
+        from aligngpt_plugin.devkit.demo_report import draw
+
+        draw(Path(args.out))
+        print(f"report: {Path(args.out) / 'report.md'}")
+        return 0
+    from aligngpt_plugin.devkit.demo import run
+
+    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
+    settings.clip.seed = args.seed
+    settings.levels = args.levels
+    if args.pretrain_epochs is not None:
+        settings.pretrain_epochs = args.pretrain_epochs
+    if args.finetune_epochs is not None:
+        settings.finetune_epochs = args.finetune_epochs
+    run(Path(args.out), settings, progress=not args.no_progress)
     return 0
 
 
