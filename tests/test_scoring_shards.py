@@ -432,3 +432,19 @@ def test_shards_through_a_pipe_as_from_an_object_store(web, tmp_path):
         assert read_scores(out, f"{s:05d}")["key"] == [f"{s:05d}{i:04d}" for i in range(PER_SHARD)]
     done = json.loads((out / "work" / "shard_00001.json").read_text())
     assert done["sha256"] == hashlib.sha256((web["clean"] / "00001.tar").read_bytes()).hexdigest()
+
+
+def test_text_tower_on_trimmed_tokens_equals_open_clip(web):
+    """The padding after the longest caption is cut before open_clip's causal text tower: same features."""
+    import open_clip
+    import torch
+
+    from aligngpt_plugin.scoring.backends import encode_text_trimmed, load_scorer
+
+    scorer = load_scorer(str(web["config"]), str(web["checkpoint"]))
+    tokens = scorer.tokenize([caption for _, caption in web["pairs"][:8]] + ["a"])
+    assert tokens.shape[1] == 32 and int((tokens != 0).sum(dim=1).max()) < 20  # there is padding to cut
+    with torch.inference_mode():
+        np.testing.assert_allclose(encode_text_trimmed(scorer.model, tokens).numpy(),
+                                   scorer.model.encode_text(tokens).numpy(), atol=1e-5, rtol=1e-5)
+    assert type(scorer.model) is open_clip.model.CLIP and scorer.model.text_pool_type == "argmax"

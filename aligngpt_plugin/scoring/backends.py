@@ -49,7 +49,7 @@ class ClipScorer:
 
     def encode(self, pixels: torch.Tensor, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "open_clip":
-            return self.model.encode_image(pixels), self.model.encode_text(tokens)
+            return self.model.encode_image(pixels), encode_text_trimmed(self.model, tokens)
         image = self.model.get_image_features(pixel_values=pixels)
         text = self.model.get_text_features(**tokens) if isinstance(tokens, dict) else \
             self.model.get_text_features(input_ids=tokens)
@@ -64,6 +64,37 @@ class ClipScorer:
         """Cosine similarity of each image with its own caption, float32 [batch]."""
         image, text = self.embed(pixels, tokens)
         return (image * text).sum(dim=-1)
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` on the batch's tokens up to the longest caption's end, not all 77.
+
+    Captions are short (LCS-558K: ~15 tokens), and open_clip's text tower is causal: a position sees only
+    those before it, and the feature is read at the end-of-text token. The padding after the longest caption
+    changes nothing, so it is cut, with the positional embeddings and the causal mask (the text tower then
+    costs a fraction; the same numbers up to float rounding, checked in tests). Models where this does not
+    hold (no causal mask, pooling at the last or first position, custom text towers) get `encode_text`.
+    """
+    import open_clip
+    from open_clip.transformer import text_global_pool
+
+    pool = getattr(model, "text_pool_type", None)
+    if type(model) is not open_clip.model.CLIP or model.attn_mask is None or pool not in ("argmax", "eos") \
+            or not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+        return model.encode_text(tokens)
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    if length >= tokens.shape[1]:
+        return model.encode_text(tokens)
+    text = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, text, pool, eos_token_id=getattr(model, "text_eos_id", None))
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return x
 
 
 def _features(output) -> torch.Tensor:
