@@ -20,8 +20,9 @@ The demo tests that in miniature, with the truth known, each stage through the e
    gate weights per question -> `eval/`.
 6. `report.md` with the numbers and figures, `summary.json`.
 
-The LLM is a tiny random-init Llama with Vicuna-v1.5's tokenizer: it learns the task's language from
-the demo's own data, so its answers show what the pipeline learnt, not what a pretrained LLM knew.
+The LLM is a tiny Llama with Vicuna-v1.5's tokenizer, first trained a minute as a plain LM on captions
+and alt-text without images (as Vicuna, it reads the captions' language before stage 1 freezes it): its
+answers show what the pipeline learnt, not what a pretrained LLM knew.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from aligngpt_plugin.devkit.demo import run
 
     settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
-    settings.clip.seed = args.seed
+    settings.clip.seed = settings.language.seed = args.seed
     settings.levels = args.levels
     if args.pretrain_epochs is not None:
         settings.pretrain_epochs = args.pretrain_epochs

@@ -19,6 +19,7 @@ from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic
 from aligngpt_plugin.devkit import demo_data, pipeline
 from aligngpt_plugin.devkit.fixtures import FixturePaths, FixtureSpec, write_tiny_llm
 from aligngpt_plugin.devkit.shapes_clip import ClipTraining, train_shapes_clip
+from aligngpt_plugin.devkit.shapes_llm import LanguageTraining, train_language
 
 LEVELS = 8
 MODELS = ("aligngpt", "llava")
@@ -46,11 +47,13 @@ class DemoSettings:
     seed: int = field(default=0, metadata={"help": "seeds data, CLIP, LLM and both trainings"})
     models: tuple[str, ...] = field(default=MODELS, metadata={"help": "which models to train and evaluate"})
     clip: ClipTraining = field(default_factory=ClipTraining)
+    language: LanguageTraining = field(default_factory=LanguageTraining)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
         return cls(pretrain_pairs=96, finetune_pictures=96, eval_pictures=8, seed=seed,
-                   clip=ClipTraining(pictures=768, epochs=4, heldout=100, seed=seed))
+                   clip=ClipTraining(pictures=1024, epochs=4, heldout=100, seed=seed),
+                   language=LanguageTraining(steps=20, seed=seed))
 
 
 class Stages:
@@ -220,9 +223,11 @@ def run(out: Path, settings: DemoSettings | None = None, progress: bool = True) 
           f"captions, level 0 -> {s.levels - 1}: "
           + " ".join(f"{x['true']:.2f}" for x in truth["share_per_level"]))
 
-    stage("tiny LLM: random-init Llama with Vicuna-v1.5's tokenizer")
+    stage(f"tiny LLM: a Llama with Vicuna-v1.5's tokenizer, {s.language.steps} steps of language training on "
+          "captions and alt-text (no images)")
     llm = write_tiny_llm(out / "llm", FixtureSpec(hidden_size=s.llm_hidden, num_layers=s.llm_layers,
                                                  num_heads=max(1, s.llm_hidden // 16), seed=s.seed))
+    language_losses = train_language(llm, s.language, progress=progress)
     fx = FixturePaths(out, llm, clip.tower, llm, data.images, data.pretrain, levelled, data.finetune, data.questions)
     image_tokens = (s.clip.image_size // s.clip.patch_size) ** 2
     fast = ("--gradient_checkpointing", "False")  # memory is no issue here; recomputation only costs time
@@ -264,7 +269,7 @@ def run(out: Path, settings: DemoSettings | None = None, progress: bool = True) 
     from aligngpt_plugin.devkit.demo_report import write_report
 
     summary["seconds"], summary["cpu_seconds"] = stage.seconds, stage.cpu_seconds
-    write_report(out, summary, truth, clip.losses)
+    write_report(out, summary, truth, clip.losses, language_losses)
     stage.end()
     summary["seconds"] = {**stage.seconds, "total": round(time.time() - stage.started, 1)}
     summary["cpu_seconds"] = {**stage.cpu_seconds, "total": round(sum(stage.cpu_seconds.values()), 1)}

@@ -52,13 +52,15 @@ def plot_scores(scores_by_truth: dict[str, list[float]], edges: list[float], pat
     return path
 
 
-def plot_losses(models: dict, clip_losses: list[float], path: Path) -> Path:
+def plot_losses(models: dict, clip_losses: list[float], language_losses: list[float], path: Path) -> Path:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     axes[0].plot(clip_losses, color="tab:gray")
     axes[0].set_title("CLIP (ClipLoss)")
-    for ax, key, title in ((axes[1], "pretrain_loss", "stage 1: pre-training"),
-                           (axes[2], "finetune_loss", "stage 2: instruction tuning")):
+    axes[1].plot(language_losses, color="tab:gray")
+    axes[1].set_title("tiny LLM: text only")
+    for ax, key, title in ((axes[2], "pretrain_loss", "stage 1: pre-training"),
+                           (axes[3], "finetune_loss", "stage 2: instruction tuning")):
         for model, r in models.items():
             ax.plot([5 * (i + 1) for i in range(len(r[key]))], r[key], label=MODEL_NAMES[model])
         ax.set_title(title)
@@ -96,6 +98,29 @@ def stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
+def findings(summary: dict) -> list[str]:
+    """The result in a few measured sentences, no verdict beyond what the numbers carry."""
+    s, models, chance = summary["settings"], summary["models"], summary["chance"]
+    n = s["eval_pictures"]
+    out = []
+    for k in QUESTIONS:
+        acc = {m: r["accuracy"][k] for m, r in models.items()}
+        text = ", ".join(f"{MODEL_NAMES[m]} {a:.0%}" for m, a in acc.items())
+        if len(acc) == 2:
+            a, b = acc.values()
+            se = math.sqrt(stderr(a, n) ** 2 + stderr(b, n) ** 2)
+            verdict = "within" if abs(a - b) <= 2 * se else "outside"
+            text += f"; difference {100 * (a - b):+.0f} points, {verdict} 2 standard errors ({200 * se:.0f} points)"
+        out.append(f"- {k} (chance {chance[k]:.0%}): {text}.")
+    gates = models.get("aligngpt", {}).get("gates")
+    if gates:
+        ent = [g["mean_entropy"] for g in gates["per_kind"].values()]
+        out.append(f"- gate: largest difference of a level's mean weight between question kinds "
+                   f"{gates['max_level_spread']:.3f}; mean entropy {min(ent):.3f}-{max(ent):.3f} of "
+                   f"{math.log(s['levels'] - 1):.3f} (uniform).")
+    return out
+
+
 def markdown(summary: dict) -> str:
     s, models, chance, lv = summary["settings"], summary["models"], summary["chance"], summary["levels"]
     n_q = s["eval_pictures"]
@@ -106,6 +131,10 @@ def markdown(summary: dict) -> str:
         f"Made by `{COMMAND}` (seed {s['seed']}); the figures are redrawn from `report_data.json` by `{REDRAW}`.",
         "One seed, one run: differences of a few points between the models are within noise "
         f"(standard error of an accuracy p on {n_q} questions: sqrt(p(1-p)/{n_q})).",
+        "",
+        f"**Measured** (held-out accuracy, seed {s['seed']}):",
+        "",
+        *findings(summary),
         "",
         "## 1. A CLIP that knows the shapes",
         f"A tiny open_clip ViT (width {s['clip']['width']}, {s['clip']['vision_layers']} layers, "
@@ -132,7 +161,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {i} | " + " | ".join(f"{share[k]:.0%}" for k in TRUTH_KINDS) + " |")
     lines += ["", "![scores by truth](scores_by_truth.png)", "",
               "## 3. Both models, same budget",
-              f"Random-init Llama (hidden {s['llm_hidden']}, {s['llm_layers']} layers, Vicuna-v1.5 tokenizer). Each "
+              f"A tiny Llama (hidden {s['llm_hidden']}, {s['llm_layers']} layers, Vicuna-v1.5's tokenizer), trained "
+              f"{s['language']['steps']} steps as a plain LM on captions and alt-text without images (so that, as "
+              "Vicuna in LLaVA, the frozen LLM of stage 1 already reads the captions' language). Each "
               f"model: stage 1 ({s['pretrain_epochs']:g} epoch, lr {s['pretrain_lr']:g}) and stage 2 "
               f"({s['finetune_epochs']:g} epoch on {s['finetune_pictures']} pictures, lr {s['finetune_lr']:g}), batch "
               f"{s['batch_size']}, seed {s['seed']}, through `python -m aligngpt_plugin.train`; AlignGPT adds "
@@ -178,10 +209,13 @@ def draw(out: Path) -> None:
     """The figures and report.md from `report_data.json` (written by `write_report`)."""
     from aligngpt_plugin.evaluation.gates import plot_heatmap
 
-    data = json.loads((out / "report_data.json").read_text())
+    source = out / "report_data.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run `{COMMAND}` (with that --out) first; it writes the file")
+    data = json.loads(source.read_text())
     summary = data["summary"]
     plot_scores(data["scores_by_truth"], summary["levels"]["edges"], out / "scores_by_truth.png")
-    plot_losses(summary["models"], data["clip_losses"], out / "loss_curves.png")
+    plot_losses(summary["models"], data["clip_losses"], data.get("language_losses", []), out / "loss_curves.png")
     plot_accuracy(summary["models"], summary["chance"], out / "accuracy.png")
     gates = summary["models"].get("aligngpt", {}).get("gates")
     if gates:
@@ -189,8 +223,9 @@ def draw(out: Path) -> None:
     (out / "report.md").write_text(markdown(summary))
 
 
-def write_report(out: Path, summary: dict, truth: dict, clip_losses: list[float]) -> Path:
+def write_report(out: Path, summary: dict, truth: dict, clip_losses: list[float],
+                 language_losses: list[float]) -> Path:
     write_json_atomic(out / "report_data.json", {"summary": summary, "scores_by_truth": truth["scores_by_truth"],
-                                                 "clip_losses": clip_losses})
+                                                 "clip_losses": clip_losses, "language_losses": language_losses})
     draw(out)
     return out / "report.md"
