@@ -87,7 +87,7 @@ def plot_accuracy(models: dict, chance: dict[str, float], path: Path) -> Path:
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -129,8 +129,9 @@ def markdown(summary: dict) -> str:
         "# AlignGPT vs LLaVA on shapes: the demo's result",
         "",
         f"Made by `{COMMAND}` (seed {s['seed']}); the figures are redrawn from `report_data.json` by `{REDRAW}`.",
-        "One seed, one run: differences of a few points between the models are within noise "
-        f"(standard error of an accuracy p on {n_q} questions: sqrt(p(1-p)/{n_q})).",
+        "One seed, one run: read the differences against the sampling error of the held-out questions "
+        f"(standard error of an accuracy p on {n_q} questions: sqrt(p(1-p)/{n_q})); seed-to-seed variation of the "
+        "training is not measured by one run (`--seed N` gives another).",
         "",
         f"**Measured** (held-out accuracy, seed {s['seed']}):",
         "",
