@@ -187,6 +187,25 @@ def watch(command: list[str], env: dict, timeout: float) -> dict:
             "peak_rss_mib": peak["rss"] / 2**20}
 
 
+def same_scores(ours: Path, theirs: Path) -> dict:
+    """Both tools' scores of the same keys: ours from scores/*.parquet, theirs the dot product of its saved
+    image and text embeddings (float16 .npy, in the order of its metadata parquet)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    mine = {}
+    for f in sorted((ours / "scores").glob("*.parquet")):
+        table = pq.read_table(f, columns=["key", "score"]).to_pydict()
+        mine.update(zip(table["key"], table["score"]))
+    keys = [k for f in sorted((theirs / "metadata").glob("*.parquet"))
+            for k in pq.read_table(f).column("key").to_pylist()]
+    image = np.concatenate([np.load(f) for f in sorted((theirs / "img_emb").glob("*.npy"))]).astype(np.float32)
+    text = np.concatenate([np.load(f) for f in sorted((theirs / "text_emb").glob("*.npy"))]).astype(np.float32)
+    other = (image * text).sum(axis=1)
+    diff = np.abs(np.array([mine[k] for k in keys]) - other)
+    return {"keys_compared": len(keys), "same_key_set": sorted(keys) == sorted(mine), "max_abs_diff": float(diff.max())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=1000)
@@ -229,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--wds_image_key", "jpg", "--wds_caption_key", "txt",
                 "--enable_wandb", "False", "--use_mclip", "False"]
 
+    load_before = os.getloadavg()[1]
     runs: dict[str, list[dict]] = {"aligngpt-score": [], "clip-retrieval": []}
     order = []
     for r in range(args.repeats):
@@ -252,16 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {"whole_process": a["images_per_s"] / b["images_per_s"],
               "loop": a["loop_images_per_s"] / b["loop_images_per_s"], "peak_memory": a["peak_mib"] / b["peak_mib"],
               "peak_rss": a["peak_rss_mib"] / b["peak_rss_mib"]}
+    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average_5min": [load_before, os.getloadavg()[1]]}
     print(f"\n{args.images} JPEGs, {args.model} fp32, batch {args.batch_size}, {args.workers} workers, {args.device}, "
-          f"medians of {args.repeats}:")
+          f"medians of {args.repeats}; {machine['cpus']} CPUs, 5-min load {load_before:.1f} before, "
+          f"{machine['load_average_5min'][1]:.1f} after:")
     for name, f in figures.items():
         print(f"  {name:15s} {f['images_per_s']:7.2f} images/s whole process, {f['loop_images_per_s']:7.2f} loop, "
               f"peak {f['peak_mib']:.0f} MiB PSS ({f['peak_rss_mib']:.0f} RSS)")
     print(f"  aligngpt-score / clip-retrieval: whole process x{ratios['whole_process']:.2f}, loop "
           f"x{ratios['loop']:.2f}, peak memory x{ratios['peak_memory']:.2f} (PSS; RSS x{ratios['peak_rss']:.2f})")
+    last = {name: k for k, (name, _) in enumerate(order)}  # each tool's last run folder
+    check = same_scores(work / f"ours_{last['aligngpt-score']}", work / f"theirs_{last['clip-retrieval']}")
+    print(f"  same work: {check['keys_compared']} keys, same set {check['same_key_set']}, scores within "
+          f"{check['max_abs_diff']:.1e} (clip-retrieval keeps float16 embeddings)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "figures": figures, "ratios": ratios,
-                                               "runs": runs}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "machine": machine, "figures": figures,
+                                               "ratios": ratios, "same_scores": check, "runs": runs}, indent=1) + "\n")
     return 0
 
 

@@ -28,7 +28,7 @@ from aligngpt_plugin.scoring import ScoreConfig, ScoreError, score_dataset  # no
 from aligngpt_plugin.scoring.shards import ShardError, expand_shards, is_shard_input, plan_shards  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scoring_helpers import write_pictures, write_tiny_open_clip  # noqa: E402
+from scoring_helpers import plain_records, write_pictures, write_records, write_tiny_open_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARDS, PER_SHARD = 4, 10
@@ -269,6 +269,12 @@ def test_a_tar_cut_at_a_member_boundary_is_truncated_too(web, tmp_path):
     assert error["key"] == "000000003" and error["error"].startswith("truncated shard: 00000 stops after member")
     assert read_scores(out, "00000")["key"] == ["000000000", "000000001", "000000002"]
 
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "00007.tar").write_bytes(b"")  # a download that never started
+    score_dataset(make_config(web, tmp_path / "empty" / "00007.tar", tmp_path / "empty_out", merge=False))
+    error = json.loads((tmp_path / "empty_out" / "errors" / "00007.jsonl").read_text())
+    assert error["error"].startswith("truncated shard: 00007 ends inside its first member")
+
 
 def test_strict_names_the_shard_and_key(web, tmp_path):
     folder, _ = bad_shards(web, tmp_path / "bad")
@@ -448,3 +454,26 @@ def test_text_tower_on_trimmed_tokens_equals_open_clip(web):
         np.testing.assert_allclose(encode_text_trimmed(scorer.model, tokens).numpy(),
                                    scorer.model.encode_text(tokens).numpy(), atol=1e-5, rtol=1e-5)
     assert type(scorer.model) is open_clip.model.CLIP and scorer.model.text_pool_type == "argmax"
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_device_path_on_the_cpu_for_json_input(web, tmp_path, monkeypatch):
+    """The same for LLaVA JSON input: workers read the files' bytes, JPEGs are decoded by decode_jpeg."""
+    import aligngpt_plugin.scoring.engine as engine
+    from aligngpt_plugin.core.fileio import read_jsonl
+    from aligngpt_plugin.scoring.decoding import JpegDecoder, resize_crop_of
+
+    (web["images"] / "corrupt.jpg").write_bytes(CORRUPT)
+    records = plain_records(web["pairs"][:12] + [("corrupt.jpg", "a corrupt picture")])
+    data = write_records(tmp_path / "data.json", records)
+    config = dict(image_folder=str(web["images"]), num_levels=2)
+    score_dataset(make_config(web, data, tmp_path / "cpu", **config))
+    monkeypatch.setattr(engine, "_decoder", lambda config, scorer, device, workers:
+                        JpegDecoder(device, resize_crop_of(scorer.preprocess)))
+    score_dataset(make_config(web, data, tmp_path / "device", **config))
+    cpu, device = read_jsonl(tmp_path / "cpu" / "scores.jsonl"), read_jsonl(tmp_path / "device" / "scores.jsonl")
+    assert [s["id"] for s in cpu] == [s["id"] for s in device] == [r["id"] for r in records[:12]]
+    np.testing.assert_allclose([s["score"] for s in device], [s["score"] for s in cpu], atol=5e-3)
+    errors = read_jsonl(tmp_path / "device" / "errors.jsonl")
+    assert [(e["id"], e["image"], e["error"].split(":")[0]) for e in errors] == \
+        [(records[12]["id"], "corrupt.jpg", "cannot decode image")]

@@ -198,8 +198,8 @@ def read_shard(url: str, caption_field: str | None = None) -> Iterator[Sample | 
 
     member_name = None
     try:
-        archive = tarfile.open(fileobj=reader, mode="r|")
         try:
+            archive = tarfile.open(fileobj=reader, mode="r|")  # an empty or non-tar file fails here
             for info in archive:
                 member_name = info.name
                 if not info.isreg():
