@@ -19,9 +19,10 @@ INSTALL_HINT = (
     f"pip install --no-deps {LLAVA_DIST}=={LLAVA_VERSION}  "
     "(its metadata pins 2024 releases that cannot install today; the plugin declares what it really needs)"
 )
-TESTED_LINES = "4.57.x or >=5.1 (tested: 4.57.6, 5.17.0, 5.24.0)"
-# transformers releases measured to train or evaluate LLaVA wrongly even with patches/, each with what was
-# seen (README, "Tested versions"). Everything else from 4.37 on is let through.
+TESTED_LINES = "4.57.x or 5.x (the whole suite runs on 4.57.6, 5.17.0 and 5.24.0)"
+# (specifier, reason): transformers releases measured to train or evaluate LLaVA wrongly even with patches/
+# (README, "Tested versions"). Empty today: with the patches, every release measured (4.57.6, 5.0.0, 5.5.4,
+# 5.10.4, 5.14.1, 5.17.0, 5.24.0) gives LLaVA's reference tokens and pixels and the recorded reference run.
 REFUSED: tuple[tuple[str, str], ...] = ()
 
 
@@ -62,7 +63,7 @@ def check_stack() -> None:
         if version in SpecifierSet(spec):
             raise UnsupportedStackError(
                 f"transformers {version} is installed: {reason} Install a tested release: {TESTED_LINES}, "
-                "e.g. pip install 'transformers>=4.57,<5' or 'transformers==5.24.0'."
+                "e.g. pip install 'transformers==4.57.6' or 'transformers==5.24.0'."
             )
 
 
