@@ -22,30 +22,41 @@ MANIFEST_KEYS = ("input_sha256", "records", "chunk_size", "model", "pretrained",
 def shard_path(output_dir: str | Path, chunk: int) -> Path:
     return Path(output_dir) / WORK / f"chunk_{chunk:06d}.jsonl"
 
+
 def manifest_of(config: ScoreConfig, plan: InputPlan) -> dict:
     return {"input_sha256": plan.sha256, "records": plan.records, "chunk_size": plan.chunk_size,
             "model": config.model, "pretrained": config.pretrained, "caption": config.caption,
             "caption_field": config.caption_field, "image_folder": str(Path(config.image_folder).resolve()),
             "input_path": str(Path(config.data_path).resolve()), "config": asdict(config)}
 
-def prepare_work_dir(config: ScoreConfig, plan: InputPlan, is_writer: bool) -> None:
-    """Create work/ with its manifest, or check that an existing one was made with the same settings."""
+
+def _claim_work_dir(config: ScoreConfig, wanted: dict, keys: tuple[str, ...], is_writer: bool,
+                    outputs: tuple[str, ...] = ()) -> None:
+    """Create work/ with the manifest `wanted`, or check that an existing one agrees on `keys`.
+    --overwrite (rank 0) first discards work/ and the `outputs` folders of an earlier run."""
     work = Path(config.output_dir) / WORK
     manifest_file = work / "run.json"
-    wanted = manifest_of(config, plan)
     if is_writer and config.overwrite and config.rank in (None, 0) and work.exists():
         shutil.rmtree(work)
+        for folder in outputs:
+            shutil.rmtree(Path(config.output_dir) / folder, ignore_errors=True)
     if manifest_file.is_file():
         found = json.loads(manifest_file.read_text())
-        changed = [k for k in MANIFEST_KEYS if found.get(k) != wanted[k]]
+        changed = [k for k in keys if found.get(k) != wanted[k]]
         if changed:
-            detail = "; ".join(f"{k}: {found.get(k)!r} then, {wanted[k]!r} now" for k in changed)
-            raise ScoreError(f"{config.output_dir} holds shards of another run ({detail}). Use another "
+            detail = "; ".join(f"{k}: {_short(found.get(k))} then, {_short(wanted[k])} now" for k in changed)
+            raise ScoreError(f"{config.output_dir} holds the outputs of another run ({detail}). Use another "
                              "--output, or --overwrite to discard them")
         return
     if is_writer:
         work.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest_file, wanted, indent=1)
+
+
+def prepare_work_dir(config: ScoreConfig, plan: InputPlan, is_writer: bool) -> None:
+    """work/ for JSON input: create it with its manifest, or refuse one made from another input or settings."""
+    _claim_work_dir(config, manifest_of(config, plan), MANIFEST_KEYS, is_writer)
+
 
 def write_shard(path: Path, lines: list[dict]) -> None:
     lines = sorted(lines, key=lambda x: x["index"])
@@ -66,26 +77,10 @@ def shard_outputs(output_dir: str | Path, name: str) -> dict[str, Path]:
 
 def prepare_shard_work_dir(config: ScoreConfig, plan, is_writer: bool) -> None:
     """work/ for shard input: create it with its manifest, or refuse one made from other shards or settings."""
-    work = Path(config.output_dir) / WORK
-    manifest_file = work / "run.json"
     wanted = {"shards": plan.identity(), "model": config.model, "pretrained": config.pretrained,
               "caption_field": config.caption_field, "embeddings": config.embeddings, "input": config.data_path,
               "config": asdict(config)}
-    if is_writer and config.overwrite and config.rank in (None, 0) and work.exists():
-        shutil.rmtree(work)
-        for folder in ("scores", "errors"):
-            shutil.rmtree(Path(config.output_dir) / folder, ignore_errors=True)
-    if manifest_file.is_file():
-        found = json.loads(manifest_file.read_text())
-        changed = [k for k in SHARD_MANIFEST_KEYS if found.get(k) != wanted[k]]
-        if changed:
-            detail = "; ".join(f"{k}: {_short(found.get(k))} then, {_short(wanted[k])} now" for k in changed)
-            raise ScoreError(f"{config.output_dir} holds the outputs of another run ({detail}). Use another "
-                             "--output, or --overwrite to discard them")
-        return
-    if is_writer:
-        work.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest_file, wanted, indent=1)
+    _claim_work_dir(config, wanted, SHARD_MANIFEST_KEYS, is_writer, outputs=("scores", "errors"))
 
 
 def _short(value) -> str:
