@@ -22,6 +22,8 @@ inference; `generate` runs the gate on the prompt at prefill and reuses the KV c
 
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -264,11 +266,10 @@ class AlignGPTForCausalLMMixin:
         return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
 
 
+@functools.cache  # once per backbone class, not on every forward
 def _cache_keyword(backbone: type) -> str:
     """`cache` where the backbone's forward takes it (transformers 5.24+; `past_key_values` is deprecated
     there, to be removed in 5.40), else `past_key_values`."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
