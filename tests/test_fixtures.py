@@ -90,3 +90,27 @@ def test_cli_writes_everything(tmp_path):
     paths = fixture_paths(tmp_path)
     assert (paths.llm / "tokenizer.model").is_file() and (paths.clip / "preprocessor_config.json").is_file()
     assert len(json.loads(paths.pretrain.read_text())) == 3
+
+
+def test_fixture_clip_is_drawn_with_transformers_own_init_laws():
+    """The fixture CLIP is redrawn from its own seed (the same on 4.57 and 5.x) with the laws of
+    transformers' CLIP initialisation: each weight's spread equals that of a CLIPModel transformers built."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from aligngpt_plugin.devkit.fixtures import redraw_clip_weights
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=336, patch_size=14), projection_dim=32)
+    torch.manual_seed(1)
+    built = dict(CLIPModel(config).named_parameters())
+    redrawn = dict(redraw_clip_weights(CLIPModel(config), seed=7).named_parameters())
+    large = [k for k, p in built.items() if p.numel() >= 1000 and p.std() > 0]
+    assert len(large) > 20
+    for k in large:
+        assert redrawn[k].std().item() == pytest.approx(built[k].std().item(), rel=0.12), k
+        assert not torch.equal(redrawn[k], built[k])
+    again = dict(redraw_clip_weights(CLIPModel(config), seed=7).named_parameters())
+    assert all(torch.equal(again[k], redrawn[k]) for k in redrawn)  # the seed alone decides

@@ -164,23 +164,37 @@ def vision_module_args(clip: str | Path, pretrain_mm_mlp_adapter: str | Path | N
         mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
 
 
-def redraw_weights(model, seed: int):
-    """Draw every weight matrix and embedding of `model` again, from one seeded generator in name order.
-    transformers 4.57 and 5.x initialise CLIP in a different order (same laws, other numbers), and the
-    fixtures must be the same on both lines: tests/test_reference_run.py compares whole runs across them.
-    Norms and biases keep their constant init."""
+def _clip_init_std(name: str, config) -> float | None:
+    """The standard deviation transformers' CLIP initialisation gives parameter `name` (initializer_factor 1);
+    None for what it sets to a constant (norms, biases, logit scale)."""
+    tower = config.text_config if name.startswith("text") else config.vision_config
+    width, layers = tower.hidden_size, tower.num_hidden_layers
+    if name.endswith("class_embedding"):
+        return width ** -0.5
+    if name.endswith("embedding.weight"):  # token, position and patch embeddings: initializer_range
+        return 0.02
+    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "fc2.weight")):
+        return width ** -0.5 * (2 * layers) ** -0.5
+    if name.endswith("out_proj.weight") or name.endswith("projection.weight"):
+        return width ** -0.5
+    if name.endswith("fc1.weight"):
+        return (2 * width) ** -0.5
+    return None
+
+
+def redraw_clip_weights(model, seed: int):
+    """Draw `model`'s random weights again, with CLIP's own laws, from one seeded generator in name order.
+    transformers 4.57 and 5.x draw CLIP's initial weights in a different order (same laws, other numbers),
+    and the fixtures must be the same on both lines: tests/test_reference_run.py compares whole runs across
+    them."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
-            if p.dim() < 2 and not name.endswith("class_embedding"):
-                continue
-            if name.endswith("embedding.weight") and "patch" not in name:
-                std = 0.02  # token and position tables
-            else:
-                std = (p[0].numel() if p.dim() >= 2 else p.numel()) ** -0.5  # 1/sqrt(fan-in)
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
+            std = _clip_init_std(name, model.config)
+            if std is not None:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
     return model
 
 
@@ -200,7 +214,7 @@ def write_tiny_clip(out: Path, spec: FixtureSpec) -> Path:
                            image_size=spec.image_size, patch_size=spec.patch_size),
         projection_dim=width,
     )
-    model = redraw_weights(CLIPModel(config), spec.seed + 1)
+    model = redraw_clip_weights(CLIPModel(config), spec.seed + 1)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     CLIPImageProcessor(
