@@ -9,6 +9,8 @@
 #    (goal: MFU >= 40% on H100 in fine-tuning)
 # 3. aligngpt-score images/s with ViT-L/14-336 and JPEG decoding (goal: >= 1,000 images/s on one H100)
 # 4. a converted released checkpoint (tiny) in bf16 on CUDA against fp32 on the CPU
+# 5. the tiny reference run (stage 1 + stage 2 + eval) on the image's own torch and transformers 5.x, beside
+#    the losses recorded on 4.57.6 on the CPU (tests/golden/reference_run_4.57.6.json)
 set -euo pipefail
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
@@ -28,3 +30,4 @@ run finetune_zero3 python3 bench/train_throughput.py --shape 7b-slice --stage fi
     --json "$out/finetune_zero3.json"
 run score_vit_l14_336 python3 bench/score_throughput.py --model ViT-L-14-336 --json "$out/score_vit_l14_336.json"
 run released_bf16 python3 bench/released_bf16.py --device cuda --json "$out/released_bf16.json"
+run reference_run python3 tests/golden/reference_run.py "$out/reference_run.json"
