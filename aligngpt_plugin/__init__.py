@@ -2,12 +2,12 @@
 
 Importing the package registers the AlignGPT config types with transformers' Auto classes, so that
 `AutoModelForCausalLM.from_pretrained(checkpoint)` gives the AlignGPT model back (see
-`aligngpt_plugin.integration.configuration`); nothing else is imported until it is used.
+`aligngpt_plugin.integrations.llava.configuration`); nothing else is imported until it is used.
 """
 
 from importlib.util import find_spec
 
 if find_spec("transformers") is not None:
-    from aligngpt_plugin.integration.configuration import register as _register
+    from aligngpt_plugin.integrations.llava.configuration import register as _register
 
     _register()

@@ -7,7 +7,7 @@
 
 Exit status 0 when written; 2 when the checkpoint does not fit (the message names the file, the key and
 the shapes); nothing is written then. The layouts and what happens to each key:
-`aligngpt_plugin.integration.released`.
+`aligngpt_plugin.conversion.released`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import re
 import sys
 
-from aligngpt_plugin.integration.released import ConversionError, convert
+from aligngpt_plugin.conversion.released import ConversionError, convert
 
 
 def parse_size(text: str) -> int:

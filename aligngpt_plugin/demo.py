@@ -33,7 +33,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aligngpt_plugin.devkit.demo import LEVELS, DemoSettings
+    from aligngpt_plugin.devkit.demo_experiment import LEVELS, DemoSettings
 
     defaults = DemoSettings()
     parser = argparse.ArgumentParser(prog="aligngpt-demo", description=__doc__.split("\n\n")[0],
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         draw(Path(args.out))
         print(f"report: {Path(args.out) / 'report.md'}")
         return 0
-    from aligngpt_plugin.devkit.demo import run
+    from aligngpt_plugin.devkit.demo_experiment import run
 
     settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
     settings.clip.seed = settings.language.seed = args.seed

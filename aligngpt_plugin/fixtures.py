@@ -1,6 +1,6 @@
 """aligngpt-fixtures: write the tiny offline fixtures (a random-init Llama with LLaVA-1.5's tokenizer, a tiny
 CLIP, the shapes dataset) that the tests, benchmarks and demo use; what is in them:
-`aligngpt_plugin.devkit.fixtures`.
+`aligngpt_plugin.devkit.tiny_checkpoints`.
 
     aligngpt-fixtures runs/fixtures            # same as: python -m aligngpt_plugin.fixtures runs/fixtures
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aligngpt_plugin.devkit.fixtures import FixtureSpec, write_fixtures
+from aligngpt_plugin.devkit.tiny_checkpoints import FixtureSpec, write_fixtures
 
 
 def main(argv: list[str] | None = None) -> int:

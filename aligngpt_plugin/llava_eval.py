@@ -6,7 +6,7 @@
 
 Same as `python -m llava.eval.model_vqa_loader ...`, after the plugin's checks and `patches/`
 (which, on machines without CUDA, let LLaVA's hard-coded `cuda` device become `cpu` or `mps`), with
-LLaVA's loader made to recognise AlignGPT checkpoints by their config (`aligngpt_plugin.integration.loader`).
+LLaVA's loader made to recognise AlignGPT checkpoints by their config (`aligngpt_plugin.integrations.llava.loader`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE}\nfor example: llava.eval.model_vqa_loader, llava.eval.model_vqa_science, "
               "llava.eval.model_vqa_mmbench, llava.eval.model_vqa", file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
-    from aligngpt_plugin.integration.compat import prepare_llava
-    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
 
     prepare_llava()
     enable_aligngpt_loading()  # AlignGPT (and LLaVA) checkpoints are recognised by config, not folder name

@@ -5,7 +5,7 @@
         --out checkpoints/aligngpt-7b-lora-merged
 
 The LoRA support itself (targets, non_lora_trainables.bin, QLoRA loading) is
-`aligngpt_plugin.integration.lora`.
+`aligngpt_plugin.integrations.llava.lora_training`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aligngpt_plugin.integration.lora_merge import merge_lora
+from aligngpt_plugin.conversion.lora_merge import merge_lora
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aligngpt_plugin.core.levels import LevelSplitError
+    from aligngpt_plugin.core.level_edges import LevelSplitError
     from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, print_summary, score_dataset
     from aligngpt_plugin.scoring.records import InputError
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from aligngpt_plugin.integration.training import run_training
+from aligngpt_plugin.integrations.llava.training import run_training
 
 
 def main(argv: list[str] | None = None) -> None:

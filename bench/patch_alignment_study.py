@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aligngpt_plugin import pipeline  # noqa: E402
-from aligngpt_plugin.devkit.fixtures import write_fixtures  # noqa: E402
+from aligngpt_plugin.devkit import pipeline  # noqa: E402
+from aligngpt_plugin.devkit.tiny_checkpoints import write_fixtures  # noqa: E402
 
 
 def caption_losses(run: Path) -> list[float]:

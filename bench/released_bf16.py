@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import aligngpt_plugin  # noqa: F401
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
 
     prepare_llava()
     from llava.mm_utils import tokenizer_image_token
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from released_layout import released_state, write_released
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
 
-    from aligngpt_plugin.devkit.fixtures import write_fixtures
-    from aligngpt_plugin.integration.released import convert
+    from aligngpt_plugin.conversion.released import convert
+    from aligngpt_plugin.devkit.tiny_checkpoints import write_fixtures
 
     work = Path(tempfile.mkdtemp(prefix="released-bf16-"))
     tiny = write_fixtures(work / "fixtures")

@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_pair(args, folder: Path):
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
 
     prepare_llava()
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
-    from aligngpt_plugin.devkit.fixtures import FixtureSpec, vision_module_args, write_tiny_clip, write_tiny_llm
-    from aligngpt_plugin.integration.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.devkit.tiny_checkpoints import FixtureSpec, vision_module_args, write_tiny_clip, write_tiny_llm
+    from aligngpt_plugin.integrations.llava.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     spec = FixtureSpec(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                        vision_hidden_size=args.vision_hidden, vision_layers=args.vision_layers)

@@ -69,13 +69,13 @@ def write_vision_tower(folder: Path, shape: dict) -> Path:
 
 def build_pair(args, shape: dict, folder: Path):
     """LLaVA and AlignGPT with the same weights, on the device, in the dtype, in training mode."""
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
 
     prepare_llava()
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
-    from aligngpt_plugin.devkit.fixtures import vision_module_args
-    from aligngpt_plugin.integration.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
+    from aligngpt_plugin.integrations.llava.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     dtype = getattr(torch, args.dtype)
     clip = write_vision_tower(folder / "clip", shape)
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.steps = args.steps or (10 if gpu else 3)
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
     if args.attn is None:
-        from aligngpt_plugin.integration.training import pick_attention
+        from aligngpt_plugin.integrations.llava.training import pick_attention
 
         args.attn = pick_attention()
     shape = SHAPES[args.shape]

@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    from aligngpt_plugin.devkit.fixtures import write_fixtures
+    from aligngpt_plugin.devkit.tiny_checkpoints import write_fixtures
 
     return write_fixtures(tmp_path_factory.mktemp("fixtures"))
 
@@ -21,6 +21,6 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llava_ready():
     """The plugin's checks and patches, applied once (what every entry point does first)."""
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
 
     return prepare_llava()

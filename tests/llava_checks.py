@@ -160,7 +160,7 @@ def probe_vision_tower_rng():
     import torch
     from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
-    from aligngpt_plugin.devkit.fixtures import FixtureSpec, write_tiny_clip
+    from aligngpt_plugin.devkit.tiny_checkpoints import FixtureSpec, write_tiny_clip
 
     with tempfile.TemporaryDirectory() as out:
         write_tiny_clip(Path(out), FixtureSpec())

@@ -94,7 +94,7 @@ def test_checkpoint_loads_as_aligngpt_and_generates(aligngpt_runs, backbone, tin
     # LLaVA's own loader, on a folder whose name says neither the backbone nor "llava"
     from llava.model import builder
 
-    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
 
     enable_aligngpt_loading()
     _, loaded, processor, _ = builder.load_pretrained_model(str(ft), None, ft.name, device="cpu")
@@ -126,7 +126,7 @@ def test_other_backbones_are_refused_naming_the_supported_ones(tiny, tmp_path):
     from transformers import AutoConfig, GPT2Config
 
     from aligngpt_plugin.core.alignment import AlignmentConfig
-    from aligngpt_plugin.integration.configuration import config_for_base
+    from aligngpt_plugin.integrations.llava.configuration import config_for_base
 
     with pytest.raises(ValueError, match="'gpt2' model; AlignGPT runs on LLaVA's Llama and Mistral"):
         config_for_base(GPT2Config(), AlignmentConfig(), "gpt2-folder")
@@ -148,7 +148,7 @@ def test_stage2_refuses_a_projector_without_levels(tiny, tmp_path):
 
 LLAVA_DIRECT = """
 import sys
-from aligngpt_plugin.integration.compat import prepare_llava
+from aligngpt_plugin.integrations.llava.compat import prepare_llava
 from aligngpt_plugin.patches import rewrite_argv
 prepare_llava()
 from transformers import set_seed

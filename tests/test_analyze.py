@@ -98,7 +98,7 @@ def stage1_folder(tiny, folder, colour_word):
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from transformers import AutoTokenizer
 
-    from aligngpt_plugin.devkit.fixtures import vision_module_args
+    from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
 
     model = LlavaLlamaForCausalLM.from_pretrained(tiny.llm)
     model.get_model().initialize_vision_modules(vision_module_args(tiny.clip))

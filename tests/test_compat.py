@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from packaging.version import Version
 
-from aligngpt_plugin.integration import compat
+from aligngpt_plugin.integrations.llava import compat
 
 
 def test_installed_stack_passes():
@@ -48,7 +48,7 @@ def test_other_llava_release_warns(monkeypatch):
 
 @pytest.mark.parametrize("value, error", [("flash_attention_2", "flash-attn"), ("paged", "choose one of")])
 def test_attention_override_is_checked(monkeypatch, value, error):
-    from aligngpt_plugin.integration import training as train
+    from aligngpt_plugin.integrations.llava import training as train
 
     monkeypatch.setenv(train.ATTN_ENV, value)
     with pytest.raises(ValueError, match=error):
@@ -58,7 +58,7 @@ def test_attention_override_is_checked(monkeypatch, value, error):
 def test_attention_defaults_to_sdpa_without_gpu(monkeypatch):
     import torch
 
-    from aligngpt_plugin.integration import training as train
+    from aligngpt_plugin.integrations.llava import training as train
 
     monkeypatch.delenv(train.ATTN_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

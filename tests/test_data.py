@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("llava_ready")
     ({"id": "a"}, None),
 ])
 def test_record_level(record, expected):
-    from aligngpt_plugin.integration.data import record_level
+    from aligngpt_plugin.integrations.llava.data import record_level
 
     assert record_level(record, 0, 8) == expected
 
@@ -32,7 +32,7 @@ def test_record_level(record, expected):
     ({"id": "r9", "align_level": 1, "similarity": 2}, "keep one"),
 ])
 def test_bad_levels_name_the_record(record, error):
-    from aligngpt_plugin.integration.data import LevelError, record_level
+    from aligngpt_plugin.integrations.llava.data import LevelError, record_level
 
     with pytest.raises(LevelError, match=error):
         record_level(record, 4, 8, "data.json")
@@ -57,7 +57,7 @@ def tokenizer(tiny):
 
 
 def test_levels_reach_the_batch(tiny):
-    from aligngpt_plugin.integration.data import make_level_aware_data_module
+    from aligngpt_plugin.integrations.llava.data import make_level_aware_data_module
 
     args = data_args(tiny)
     args.data_path = str(tiny.pretrain_levels)
@@ -69,7 +69,7 @@ def test_levels_reach_the_batch(tiny):
 
 
 def test_pretraining_refuses_records_without_levels(tiny, tmp_path):
-    from aligngpt_plugin.integration.data import LevelError, make_level_aware_data_module
+    from aligngpt_plugin.integrations.llava.data import LevelError, make_level_aware_data_module
 
     records = json.loads(tiny.pretrain_levels.read_text())
     del records[5]["align_level"]
@@ -84,7 +84,7 @@ def test_pretraining_refuses_records_without_levels(tiny, tmp_path):
 
 
 def test_pretraining_checks_level_range_against_the_flag(tiny):
-    from aligngpt_plugin.integration.data import LevelError, make_level_aware_data_module
+    from aligngpt_plugin.integrations.llava.data import LevelError, make_level_aware_data_module
 
     args = data_args(tiny)
     args.data_path = str(tiny.pretrain_levels)
@@ -95,7 +95,7 @@ def test_pretraining_checks_level_range_against_the_flag(tiny):
 def test_collator_without_levels_is_llavas(tiny):
     from llava.train.train import DataCollatorForSupervisedDataset
 
-    from aligngpt_plugin.integration.data import LevelAwareCollator
+    from aligngpt_plugin.integrations.llava.data import LevelAwareCollator
 
     tok = tokenizer(tiny)
     items = [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2, 3])},
@@ -110,14 +110,14 @@ def test_collator_without_levels_is_llavas(tiny):
     (["--align_levels=4", "--align_mode", "global"], 4, []),
 ])
 def test_alignment_flags_are_split_from_llavas(argv, levels, rest):
-    from aligngpt_plugin.integration.training import split_alignment_args
+    from aligngpt_plugin.integrations.llava.training import split_alignment_args
 
     config, remaining = split_alignment_args(argv)
     assert (config.num_levels if config else None) == levels and remaining == rest
 
 
 def test_alignment_option_without_levels_is_refused():
-    from aligngpt_plugin.integration.training import split_alignment_args
+    from aligngpt_plugin.integrations.llava.training import split_alignment_args
 
     with pytest.raises(SystemExit, match="needs --align_levels"):
         split_alignment_args(["--align_mode", "global"])

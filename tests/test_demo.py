@@ -54,7 +54,7 @@ def test_tower_conversion_gives_open_clips_image_features(tmp_path):
 
 
 def test_rank_statistics_against_hand_computed_values():
-    from aligngpt_plugin.devkit.demo import ranks, spearman
+    from aligngpt_plugin.devkit.demo_experiment import ranks, spearman
     from aligngpt_plugin.devkit.shapes_clip import auc
 
     assert ranks([10, 20, 20, 5]) == [2, 3.5, 3.5, 1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import eval_data
 import pytest
 
-import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
+import aligngpt_plugin.integrations.llava.compat  # noqa: F401  (patches first)
 from aligngpt_plugin.evaluation import benchmarks
 from aligngpt_plugin.evaluation.scorers import AnswersError, score
 
@@ -183,8 +183,8 @@ def checkpoint(tiny, tmp_path_factory):
 def test_llava_loader_recognises_aligngpt_by_config(checkpoint, tmp_path):
     from llava.model import builder
 
-    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     enable_aligngpt_loading()
     enable_aligngpt_loading()  # idempotent
@@ -200,7 +200,7 @@ def test_llava_loader_recognises_aligngpt_by_config(checkpoint, tmp_path):
 
 
 def test_routed_name_follows_the_folder_not_its_name(tmp_path):
-    from aligngpt_plugin.integration.loader import routed_model_name
+    from aligngpt_plugin.integrations.llava.loader import routed_model_name
 
     assert routed_model_name("my-lora-run", str(tmp_path)) == "my--run-llava"
     (tmp_path / "adapter_config.json").write_text("{}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aligngpt_plugin.devkit.fixtures import COLOURS, FixtureSpec, ShapePicture
+from aligngpt_plugin.devkit.tiny_checkpoints import COLOURS, FixtureSpec, ShapePicture
 
 
 def test_llm_and_tokenizer_load_as_vicuna_does(tiny):
@@ -62,7 +62,7 @@ def test_captions_are_true_of_their_pictures(tiny):
 
 
 def test_same_seed_same_fixtures(tmp_path):
-    from aligngpt_plugin.devkit.fixtures import write_dataset
+    from aligngpt_plugin.devkit.tiny_checkpoints import write_dataset
 
     spec = FixtureSpec(n_pretrain=4, n_finetune=6, n_questions=2)
     a = write_dataset(tmp_path / "a", spec)
@@ -82,7 +82,7 @@ def test_bad_fixture_spec_is_refused(kwargs, error):
 
 
 def test_cli_writes_everything(tmp_path):
-    from aligngpt_plugin.devkit.fixtures import fixture_paths
+    from aligngpt_plugin.devkit.tiny_checkpoints import fixture_paths
     from aligngpt_plugin.fixtures import main
 
     assert main([str(tmp_path), "--n-pretrain", "3", "--n-finetune", "6", "--n-questions", "2",
@@ -98,7 +98,7 @@ def test_fixture_clip_is_drawn_with_transformers_own_init_laws():
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from aligngpt_plugin.devkit.fixtures import redraw_clip_weights
+    from aligngpt_plugin.devkit.tiny_checkpoints import redraw_clip_weights
 
     config = CLIPConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),

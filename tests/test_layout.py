@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aligngpt_plugin"
-LAYERS = ("core", "integration", "scoring", "evaluation", "analysis", "devkit")
+LAYERS = ("core", "integrations", "integrations/llava", "conversion", "scoring", "evaluation", "analysis", "devkit")
 
 
 def plugin(*layers: str) -> set[str]:
-    return {f"aligngpt_plugin.{layer}" for layer in layers}
+    return {f"aligngpt_plugin.{layer.replace('/', '.')}" for layer in layers}
 
 
 # layer -> what it must not import (a module, or anything under it)
+UPPER = plugin("conversion", "scoring", "evaluation", "analysis", "devkit")
 FORBIDDEN = {
     "core": {"llava", "transformers", "open_clip", "lmms_eval", "deepspeed.runtime"} | plugin(*LAYERS[1:]),
-    "scoring": {"llava", "lmms_eval"} | plugin("integration", "evaluation", "analysis", "devkit"),
-    "integration": {"lmms_eval"} | plugin("scoring", "evaluation", "analysis", "devkit"),
+    "scoring": {"llava", "lmms_eval"} | plugin("integrations", "conversion", "evaluation", "analysis", "devkit"),
+    "integrations/llava": {"lmms_eval"} | UPPER,
+    "conversion": {"lmms_eval"} | plugin("scoring", "evaluation", "analysis", "devkit"),
     "evaluation": plugin("scoring", "analysis", "devkit"),
     "analysis": {"lmms_eval"} | plugin("scoring", "evaluation", "devkit"),
 }
@@ -70,15 +72,15 @@ def test_the_check_finds_a_forbidden_import_wherever_it_is(tmp_path, monkeypatch
     fake.mkdir(parents=True)
     (fake / "ok.py").write_text("import torch\nfrom aligngpt_plugin.core import fileio\n")
     (fake / "lazy.py").write_text("def f():\n    from llava.model import builder\n")
-    (fake / "relative.py").write_text("from ..integration import model\n")
-    (fake / "parent.py").write_text("from aligngpt_plugin import integration\n")
+    (fake / "relative.py").write_text("from ..integrations.llava import model\n")
+    (fake / "parent.py").write_text("from aligngpt_plugin import integrations\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "aligngpt_plugin")
     found = violations(fake, FORBIDDEN["core"])
     assert found == ["aligngpt_plugin/core/lazy.py imports llava.model",
                      "aligngpt_plugin/core/lazy.py imports llava.model.builder",
-                     "aligngpt_plugin/core/parent.py imports aligngpt_plugin.integration",
-                     "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integration",
-                     "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integration.model"]
+                     "aligngpt_plugin/core/parent.py imports aligngpt_plugin.integrations.llava",
+                     "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integrations.llava",
+                     "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integrations.llava.model"]
 
 
 def test_every_subpackage_says_what_lives_there():
@@ -99,10 +101,10 @@ def test_top_level_modules_are_the_commands():
 def test_core_and_scoring_load_without_llava():
     """(`import aligngpt_plugin` registers the config types with transformers, which needs no llava.)"""
     code = ("import sys\n"
-            "import aligngpt_plugin.core.alignment, aligngpt_plugin.core.levels, aligngpt_plugin.core.patch_loss\n"
+            "import aligngpt_plugin.core.alignment, aligngpt_plugin.core.level_edges, aligngpt_plugin.core.patch_loss\n"
             "import aligngpt_plugin.core.patch_geometry, aligngpt_plugin.core.metrics, aligngpt_plugin.core.fileio\n"
             "import aligngpt_plugin.scoring, aligngpt_plugin.score\n"
-            "heavy = ('aligngpt_plugin.integration.model', 'aligngpt_plugin.integration.compat')\n"
+            "heavy = ('aligngpt_plugin.integrations.llava.model', 'aligngpt_plugin.integrations.llava.compat')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'llava' or m in heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aligngpt_plugin.core.levels import (
+from aligngpt_plugin.core.level_edges import (
     LevelsFile,
     LevelSplitError,
     assign_levels,

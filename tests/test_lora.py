@@ -10,8 +10,9 @@ import pytest
 import torch
 from tiny_models import tiny_aligngpt
 
-import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
-from aligngpt_plugin.integration import lora, lora_merge
+import aligngpt_plugin.integrations.llava.compat  # noqa: F401  (patches first)
+from aligngpt_plugin.conversion import lora_merge
+from aligngpt_plugin.integrations.llava import lora_training as lora
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 
@@ -113,7 +114,7 @@ def save_lora_output(model, out):
 def test_merge_keeps_the_logits_and_loads_with_automodel(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     trained = save_lora_output(build(tiny), tmp_path / "lora").eval()
     from aligngpt_plugin.lora import main  # python -m aligngpt_plugin.lora merge ...

@@ -8,8 +8,8 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from PIL import Image
 from tiny_models import tiny_aligngpt
 
-import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
-from aligngpt_plugin.devkit.fixtures import vision_module_args
+import aligngpt_plugin.integrations.llava.compat  # noqa: F401  (patches first)
+from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
 
 pytestmark = pytest.mark.usefixtures("llava_ready")
 
@@ -56,7 +56,7 @@ def llava_prepare(model, ids, mask, labels, images):
 
 @pytest.mark.parametrize("left", [False, True])
 def test_insert_after_bos_places_token_and_pads(left):
-    from aligngpt_plugin.integration.model import insert_after_bos
+    from aligngpt_plugin.integrations.llava.model import insert_after_bos
 
     emb = torch.arange(1, 9, dtype=torch.float).view(2, 4, 1)  # sample 0: 1..4, sample 1: 5..8
     if left:
@@ -80,7 +80,7 @@ def test_insert_after_bos_places_token_and_pads(left):
 
 @pytest.mark.parametrize("left", [False, True])
 def test_insert_after_bos_pads_samples_without_token(left):
-    from aligngpt_plugin.integration.model import insert_after_bos
+    from aligngpt_plugin.integrations.llava.model import insert_after_bos
 
     emb = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]])
     mask = torch.ones(2, 3, dtype=torch.bool)
@@ -195,7 +195,7 @@ def test_generate_runs_the_gate_at_prefill_and_uses_the_cache(tiny):
 def test_save_and_load_round_trip(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     model = build(tiny, mode="local", gate_input="pooled", gate_tokens=64)
     model.save_pretrained(tmp_path, safe_serialization=True)
@@ -258,7 +258,7 @@ def test_trainer_hook_trains_what_each_stage_trains(tiny, tmp_path, stage):
     from llava.train.llava_trainer import LLaVATrainer
     from llava.train.train import TrainingArguments
 
-    from aligngpt_plugin.integration.hooks import aligngpt_trainer
+    from aligngpt_plugin.integrations.llava.aligngpt_training import aligngpt_trainer
 
     model = build(tiny, stage=stage)
     if stage == "pretrain":  # what LLaVA's train() does before building the trainer
@@ -279,7 +279,7 @@ def test_only_the_weights_a_mode_uses_train(tiny, tmp_path, mode, gate_trains):
     from llava.train.llava_trainer import LLaVATrainer
     from llava.train.train import TrainingArguments
 
-    from aligngpt_plugin.integration.hooks import aligngpt_trainer
+    from aligngpt_plugin.integrations.llava.aligngpt_training import aligngpt_trainer
 
     model = build(tiny, mode=mode, fixed_level=2 if mode == "fixed_level" else None)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
@@ -293,7 +293,7 @@ def test_only_the_weights_a_mode_uses_train(tiny, tmp_path, mode, gate_trains):
 
 
 def test_fast_path_equals_general_insertion():
-    from aligngpt_plugin.integration.model import insert_after_bos
+    from aligngpt_plugin.integrations.llava.model import insert_after_bos
 
     torch.manual_seed(0)
     emb, tokens = torch.randn(3, 6, 4), torch.randn(3, 4)
@@ -338,7 +338,7 @@ def test_gate_dump_joins_a_batch_that_mixes_image_and_text_only_questions(tiny, 
     """lmms-eval with batch_size > 1: one line per question, in order, None where there is no image."""
     import json
 
-    from aligngpt_plugin.integration.loader import dump_gate_weights
+    from aligngpt_plugin.integrations.llava.loader import dump_gate_weights
 
     model = build(tiny, padding="left").eval()
     ids, mask, _, images = batch(tiny, padding="left")

@@ -172,7 +172,7 @@ def test_fixture_labels_land_on_the_shape_in_the_pixels_the_model_sees(tiny, asp
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    from aligngpt_plugin.devkit.fixtures import COLOURS
+    from aligngpt_plugin.devkit.tiny_checkpoints import COLOURS
 
     processor = CLIPImageProcessor.from_pretrained(tiny.clip)
     mean, std = np.array(processor.image_mean), np.array(processor.image_std)

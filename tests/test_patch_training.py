@@ -10,8 +10,8 @@ import torch
 
 from aligngpt_plugin.core.patch_geometry import PatchLabelError
 from aligngpt_plugin.devkit import pipeline
-from aligngpt_plugin.devkit.fixtures import vision_module_args
-from aligngpt_plugin.integration.patch_training import PatchAlignmentSettings, split_patch_alignment_args
+from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
+from aligngpt_plugin.integrations.llava.patch_training import PatchAlignmentSettings, split_patch_alignment_args
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -50,8 +50,8 @@ def data_module(tiny, path, levels: int | None = None):
     from llava.train.train import make_supervised_data_module
     from transformers import CLIPImageProcessor
 
-    from aligngpt_plugin.integration.data import make_level_aware_data_module
-    from aligngpt_plugin.integration.patch_training import patch_label_data_module
+    from aligngpt_plugin.integrations.llava.data import make_level_aware_data_module
+    from aligngpt_plugin.integrations.llava.patch_training import patch_label_data_module
 
     args = SimpleNamespace(data_path=str(path), image_folder=str(tiny.images), is_multimodal=True,
                            mm_use_im_start_end=False, image_aspect_ratio="square",
@@ -106,7 +106,7 @@ def pretraining_model(tiny, levels: int | None):
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
     from aligngpt_plugin.core.alignment import AlignmentConfig
-    from aligngpt_plugin.integration.hooks import aligngpt_loader
+    from aligngpt_plugin.integrations.llava.aligngpt_training import aligngpt_loader
 
     torch.manual_seed(0)
     cls = aligngpt_loader(AlignmentConfig(num_levels=levels)) if levels else LlavaLlamaForCausalLM
@@ -124,8 +124,8 @@ def make_trainer(tiny, tmp_path, model, module, levels: int | None, weight: floa
     from llava.train.llava_trainer import LLaVATrainer
     from llava.train.train import TrainingArguments
 
-    from aligngpt_plugin.integration.hooks import aligngpt_trainer
-    from aligngpt_plugin.integration.patch_training import patch_aligned_trainer
+    from aligngpt_plugin.integrations.llava.aligngpt_training import aligngpt_trainer
+    from aligngpt_plugin.integrations.llava.patch_training import patch_aligned_trainer
 
     base = aligngpt_trainer(LLaVATrainer) if levels else LLaVATrainer
     cls = patch_aligned_trainer(base, PatchAlignmentSettings(weight=weight))

@@ -149,7 +149,7 @@ def test_converted_loads_with_every_weight_in_place(tiny, released, tmp_path, fm
     from transformers import AutoModelForCausalLM
 
     import aligngpt_plugin  # noqa: F401
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     state, config = released
     folder = write_released(tmp_path / "released", state, config, tiny.llm, shards=shards, fmt=fmt)
@@ -292,7 +292,7 @@ def test_released_pretraining_folder_becomes_a_projector_checkpoint_that_generat
     LLaVA loads in fp16, so the reference gets the same fp16-rounded weights."""
     from llava.model import builder
 
-    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
 
     state, config = released
     write_released_pretrain(tmp_path / "aligngpt-7b-pretrain", state, config)
@@ -323,8 +323,8 @@ def test_released_pretraining_folder_becomes_a_projector_checkpoint_that_generat
 def test_llava_loader_takes_the_converted_checkpoint_without_weight_warnings(converted, tiny, pictures):
     from llava.model import builder
 
-    from aligngpt_plugin.integration.loader import enable_aligngpt_loading
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     enable_aligngpt_loading()
     with transformers_warnings() as warned:
@@ -359,9 +359,10 @@ def test_hub_ids_convert_and_released_ones_are_refused_by_the_loader(released_fo
     assert proc.returncode == 2 and "could not be fetched from the hub" in proc.stderr
     assert not (tmp_path / "out13").exists()
 
-    script = ("from aligngpt_plugin.integration.compat import prepare_llava; prepare_llava()\n"
+    script = ("from aligngpt_plugin.integrations.llava.compat import prepare_llava; prepare_llava()\n"
               "from llava.model import builder\n"
-              "from aligngpt_plugin.integration.loader import enable_aligngpt_loading; enable_aligngpt_loading()\n"
+              "from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading\n"
+              "enable_aligngpt_loading()\n"
               "builder.load_pretrained_model('nlpzhaof/aligngpt-7b', None, 'aligngpt-7b', device='cpu')\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode != 0 and "aligngpt-convert to-plugin nlpzhaof/aligngpt-7b" in proc.stderr
@@ -424,7 +425,7 @@ def test_wrong_direction_and_missing_paths_are_named(released_folder, tmp_path):
 # --- long conversions: resume, memory -------------------------------------------------------------------
 
 def test_a_killed_conversion_continues(tiny, released, tmp_path, monkeypatch):
-    from aligngpt_plugin.integration import released as convert
+    from aligngpt_plugin.conversion import released as convert
 
     state, config = released
     folder = write_released(tmp_path / "released", state, config, tiny.llm, shards=2)
@@ -470,8 +471,8 @@ def test_from_plugin_refuses_a_mistral_checkpoint_saying_why(tiny, tmp_path):
     from transformers import AutoConfig
 
     from aligngpt_plugin.core.alignment import AlignmentConfig
-    from aligngpt_plugin.integration.configuration import config_for_base
-    from aligngpt_plugin.integration.model import model_class_for
+    from aligngpt_plugin.integrations.llava.configuration import config_for_base
+    from aligngpt_plugin.integrations.llava.model import model_class_for
 
     config = config_for_base(AutoConfig.from_pretrained(tiny.mistral), AlignmentConfig(), str(tiny.mistral))
     model_class_for(config).from_pretrained(tiny.mistral, config=config).save_pretrained(tmp_path / "mistral")

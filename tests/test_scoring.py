@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from aligngpt_plugin.core.fileio import read_jsonl
-from aligngpt_plugin.core.levels import LevelSplitError, assign_levels
+from aligngpt_plugin.core.level_edges import LevelSplitError, assign_levels
 from aligngpt_plugin.score import main as score_main
 from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, score_dataset
 from aligngpt_plugin.scoring.records import iter_records, plan_input
@@ -347,7 +347,7 @@ def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretrainin
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from aligngpt_plugin.integration.data import record_level
+    from aligngpt_plugin.integrations.llava.data import record_level
 
     def features(out):  # transformers 5 returns a model output holding the projected features
         return out if isinstance(out, torch.Tensor) else out.pooler_output

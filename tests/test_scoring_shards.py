@@ -22,7 +22,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("webdataset")
 
-from aligngpt_plugin.core.levels import assign_levels  # noqa: E402
+from aligngpt_plugin.core.level_edges import assign_levels  # noqa: E402
 from aligngpt_plugin.score import main as score_main  # noqa: E402
 from aligngpt_plugin.scoring import ScoreConfig, ScoreError, score_dataset  # noqa: E402
 from aligngpt_plugin.scoring.shards import ShardError, expand_shards, is_shard_input, plan_shards  # noqa: E402

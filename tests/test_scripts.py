@@ -205,7 +205,7 @@ def test_pretrain_script_trains_levels_with_zero2(runs):
 def test_finetune_script_gives_a_loadable_aligngpt_checkpoint(runs, llava_ready):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.integration.model import AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.model import AlignGPTLlamaForCausalLM
 
     out = runs / "aligngpt-7b"
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -233,7 +233,7 @@ def test_lora_script_saves_adapter_gate_and_levels_with_zero3(runs):
 def test_lora_checkpoint_merges_and_loads_back_with_the_same_logits(runs, tiny, llava_ready, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from aligngpt_plugin.integration.lora_merge import load_lora_model, merge_lora
+    from aligngpt_plugin.conversion.lora_merge import load_lora_model, merge_lora
 
     adapter = runs / "aligngpt-7b-lora"
     merged_dir = merge_lora(adapter, tiny.llm, tmp_path / "merged")

@@ -9,9 +9,9 @@ def tiny_aligngpt(tiny, **alignment):
     import torch
     from transformers import AutoConfig
 
-    import aligngpt_plugin.integration.compat  # noqa: F401  (patches first)
-    from aligngpt_plugin.devkit.fixtures import vision_module_args
-    from aligngpt_plugin.integration.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
+    import aligngpt_plugin.integrations.llava.compat  # noqa: F401  (patches first)
+    from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
+    from aligngpt_plugin.integrations.llava.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
 
     base = AutoConfig.from_pretrained(tiny.llm).to_dict()
     base.pop("model_type", None)

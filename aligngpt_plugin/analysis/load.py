@@ -31,13 +31,13 @@ def load_checkpoint(model_path: str | Path, model_base: str | None = None, visio
     Loads through the classes LLaVA (and the plugin) register with AutoConfig / AutoModelForCausalLM, as
     LLaVA's own builder does for these two layouts, without its dispatch on folder names.
     """
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
 
     prepare_llava()
     import llava.model  # noqa: F401  (registers llava_llama)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    import aligngpt_plugin.integration.model  # noqa: F401  (registers aligngpt_llava)
+    import aligngpt_plugin.integrations.llava.model  # noqa: F401  (registers aligngpt_llava)
 
     path = Path(model_path)
     if not (path / "config.json").is_file():

@@ -1,6 +1,6 @@
 """The demo's data: shape pictures whose captions match them to a known degree, and questions with answers.
 
-What `make demo` trains and tests on (see `aligngpt_plugin.devkit.demo`):
+What `make demo` trains and tests on (see `aligngpt_plugin.devkit.demo_experiment`):
 
 - CLIP pairs: pictures with their true caption, for training the tiny CLIP contrastively;
 - pre-training pairs (LLaVA's `plain` layout, as LCS-558K): each caption is `true` (colour, shape and
@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from aligngpt_plugin.devkit.fixtures import COLOURS, PLACES, SHAPES, SHORT_ANSWER
+from aligngpt_plugin.devkit.tiny_checkpoints import COLOURS, PLACES, SHAPES, SHORT_ANSWER
 
 TRUTH_KINDS = ("true", "partial", "unrelated")
 # Web alt-text is often loosely or not at all about its image (DataComp keeps ~30% of CommonPool after

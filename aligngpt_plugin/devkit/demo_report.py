@@ -1,4 +1,4 @@
-"""`runs/demo/report.md` and its figures, from what `aligngpt_plugin.devkit.demo.run` measured.
+"""`runs/demo/report.md` and its figures, from what `aligngpt_plugin.devkit.demo_experiment.run` measured.
 
     python -m aligngpt_plugin.demo --out runs/demo                  # the demo, then this report
     python -m aligngpt_plugin.demo --out runs/demo --report-only    # redraw from runs/demo/report_data.json

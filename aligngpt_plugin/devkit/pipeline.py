@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligngpt_plugin.core.fileio import read_jsonl
-from aligngpt_plugin.devkit.fixtures import FixturePaths
+from aligngpt_plugin.devkit.tiny_checkpoints import FixturePaths
 
 
 @dataclass
@@ -89,7 +89,7 @@ def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path | N
                      max_new_tokens: int = 8, gate_dump: Path | None = None) -> Path:
     """LLaVA's `model_vqa_loader` on the fixture questions, greedy, as LLaVA's eval scripts run it.
     `gate_dump`: append an AlignGPT model's gate weights there, one line per question."""
-    from aligngpt_plugin.integration.loader import GATE_DUMP_ENV
+    from aligngpt_plugin.integrations.llava.loader import GATE_DUMP_ENV
 
     run_module("aligngpt_plugin.llava_eval", [
         "llava.eval.model_vqa_loader",

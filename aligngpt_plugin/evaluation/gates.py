@@ -1,7 +1,8 @@
 """Does the gate adapt to the task? Per-sample gate weights, per-benchmark means, entropy, a heatmap.
 
-The eval scripts run LLaVA's eval modules with `ALIGNGPT_GATE_DUMP` set (see `aligngpt_plugin.integration.loader`),
-which writes one line of gate weights per generated sample, in the order the answers are written.
+The eval scripts run LLaVA's eval modules with `ALIGNGPT_GATE_DUMP` set (see
+`aligngpt_plugin.integrations.llava.loader`), which writes one line of gate weights per generated sample,
+in the order the answers are written.
 `join_gates` pairs those lines with the answers file; `summarise` gives each benchmark's mean weight per
 level and the mean entropy of the weights (log(N-1) = uniform, 0 = one level), and the spread of the
 per-benchmark means, which is what would show the gate treating tasks differently.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from aligngpt_plugin.integration.compat import prepare_llava
-from aligngpt_plugin.integration.loader import enable_aligngpt_loading
+from aligngpt_plugin.integrations.llava.compat import prepare_llava
+from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading
 
 prepare_llava()  # before lmms-eval imports LLaVA: it swallows an import failure and leaves names undefined
 try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aligngpt_plugin.core.fileio import atomic_open, atomic_path
-from aligngpt_plugin.core.levels import LevelsFile, assign_levels, level_counts, quantile_edges, score_stats
+from aligngpt_plugin.core.level_edges import LevelsFile, assign_levels, level_counts, quantile_edges, score_stats
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
 from aligngpt_plugin.scoring.records import InputPlan, iter_records
 from aligngpt_plugin.scoring.work import shard_outputs, shard_path

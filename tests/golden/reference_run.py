@@ -32,7 +32,7 @@ def run(root: Path) -> dict:
 
     from aligngpt_plugin.core.fileio import read_jsonl
     from aligngpt_plugin.devkit import pipeline
-    from aligngpt_plugin.devkit.fixtures import write_fixtures
+    from aligngpt_plugin.devkit.tiny_checkpoints import write_fixtures
 
     fx = write_fixtures(root / "fixtures")
     pre, ft = root / "pretrain", root / "aligngpt-finetune"

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, MistralForCausa
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from aligngpt_plugin.core.alignment import AlignmentModule, full_weights, idle_term, masked_mean
-from aligngpt_plugin.integration.configuration import (
+from aligngpt_plugin.integrations.llava.configuration import (
     MODEL_TYPE,
     AlignGPTConfig,
     AlignGPTMistralConfig,

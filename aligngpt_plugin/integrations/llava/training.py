@@ -106,8 +106,8 @@ def seed_everything(argv: list[str]) -> int:
 
 def print_help() -> None:
     """The plugin's flags, then LLaVA's own (what `--help` shows)."""
-    from aligngpt_plugin.integration.compat import prepare_llava
-    from aligngpt_plugin.integration.patch_training import patch_alignment_parser
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.patch_training import patch_alignment_parser
 
     print("usage: python -m aligngpt_plugin.train [the plugin's flags] [LLaVA's flags]\n")
     for title, parser in (("AlignGPT (--align_levels N switches it on)", alignment_parser()),
@@ -125,7 +125,7 @@ def print_help() -> None:
 
 def run_training(argv: list[str]) -> None:
     """Run LLaVA's `train()` with the command line `argv` (LLaVA's arguments plus the plugin's)."""
-    from aligngpt_plugin.integration.compat import prepare_llava
+    from aligngpt_plugin.integrations.llava.compat import prepare_llava
     from aligngpt_plugin.patches import rewrite_argv
 
     if any(a in ("-h", "--help") for a in argv):
@@ -133,19 +133,19 @@ def run_training(argv: list[str]) -> None:
         return
 
     alignment, argv = split_alignment_args(list(argv))
-    from aligngpt_plugin.integration.patch_training import split_patch_alignment_args
+    from aligngpt_plugin.integrations.llava.patch_training import split_patch_alignment_args
 
     patch_alignment, argv = split_patch_alignment_args(argv)  # --patch_align_* (METHOD.md section 3)
     prepare_llava()
     argv = rewrite_argv(argv)
     if alignment is not None:
-        from aligngpt_plugin.integration.hooks import enable_aligngpt
+        from aligngpt_plugin.integrations.llava.aligngpt_training import enable_aligngpt
 
         refuse_mpt(argv)
         pretraining = is_pretraining(argv)
         enable_aligngpt(alignment, pretraining)
     if patch_alignment is not None:  # after enable_aligngpt: wraps its data module and trainer
-        from aligngpt_plugin.integration.patch_training import enable_patch_alignment
+        from aligngpt_plugin.integrations.llava.patch_training import enable_patch_alignment
 
         try:
             enable_patch_alignment(patch_alignment, is_pretraining(argv))

@@ -1,7 +1,7 @@
 """LoRA and QLoRA fine-tuning of AlignGPT through LLaVA's `--lora_enable` / `--bits 4`.
 
 LLaVA's LoRA path needs three changes for AlignGPT, which `enable_lora_support` (called by
-`hooks.enable_aligngpt`) and `quantized_loading_kwargs` (called by its model loader) make:
+`aligngpt_training.enable_aligngpt`) and `quantized_loading_kwargs` (called by its model loader) make:
 
 - LoRA targets: LLaVA's `find_all_linear_names` collects the leaf names of every Linear outside the
   projector and vision tower, so the gate's `Sequential` layers add the targets "0" and "2", which peft
@@ -13,7 +13,7 @@ LLaVA's LoRA path needs three changes for AlignGPT, which `enable_lora_support` 
 - QLoRA: bitsandbytes would quantise the gate's Linear layers with the LLM; the alignment module is added
   to the modules it skips, so the gate and the levels stay in fp32 (peft's k-bit preparation upcasts them).
 
-Merging an adapter into a full checkpoint: `aligngpt_plugin.integration.lora_merge`.
+Merging an adapter into a full checkpoint: `aligngpt_plugin.conversion.lora_merge`.
 """
 
 from __future__ import annotations

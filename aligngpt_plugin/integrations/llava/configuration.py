@@ -104,7 +104,7 @@ def _register_model_classes() -> None:
     from importlib.util import find_spec
 
     if find_spec("llava") is not None:
-        import aligngpt_plugin.integration.model  # noqa: F401  (registers the model classes with AutoModelForCausalLM)
+        import aligngpt_plugin.integrations.llava.model  # noqa: F401  (registers the model classes with AutoModelForCausalLM)
 
 
 def register() -> None:

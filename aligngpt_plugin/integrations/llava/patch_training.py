@@ -67,7 +67,7 @@ def patch_alignment_parser() -> argparse.ArgumentParser:
 
 def split_patch_alignment_args(argv: list[str]) -> tuple[PatchAlignmentSettings | None, list[str]]:
     """The settings asked for by `--patch_align_*` (None when the weight is absent or 0), and the rest."""
-    from aligngpt_plugin.integration.training import given_flags
+    from aligngpt_plugin.integrations.llava.training import given_flags
 
     values, rest = given_flags(patch_alignment_parser(), argv, "patch_align_")
     if not values.get("weight"):

@@ -31,9 +31,9 @@ def aligngpt_loader(alignment: AlignmentConfig):
         def from_pretrained(cls, path, *args, **kwargs):
             from transformers import AutoConfig
 
-            from aligngpt_plugin.integration.configuration import config_for_base
-            from aligngpt_plugin.integration.lora import quantized_loading_kwargs
-            from aligngpt_plugin.integration.model import model_class_for
+            from aligngpt_plugin.integrations.llava.configuration import config_for_base
+            from aligngpt_plugin.integrations.llava.lora_training import quantized_loading_kwargs
+            from aligngpt_plugin.integrations.llava.model import model_class_for
 
             kwargs = quantized_loading_kwargs(kwargs)  # QLoRA: levels and gate stay out of bitsandbytes
             base = AutoConfig.from_pretrained(path, cache_dir=kwargs.get("cache_dir"))
@@ -74,7 +74,7 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     from llava.train import llava_trainer
     from llava.train import train as llava_train
 
-    from aligngpt_plugin.integration.data import make_level_aware_data_module
+    from aligngpt_plugin.integrations.llava.data import make_level_aware_data_module
 
     llava_train.LlavaLlamaForCausalLM = aligngpt_loader(alignment)
     llava_train.make_supervised_data_module = functools.partial(
@@ -85,6 +85,6 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     for module in (llava_train, llava_trainer):
         if not getattr(module.get_mm_adapter_state_maybe_zero_3, "__aligngpt__", False):
             module.get_mm_adapter_state_maybe_zero_3 = with_alignment_keys(module.get_mm_adapter_state_maybe_zero_3)
-    from aligngpt_plugin.integration.lora import enable_lora_support
+    from aligngpt_plugin.integrations.llava.lora_training import enable_lora_support
 
     enable_lora_support(llava_train)  # --lora_enable: LoRA on the LLM only; alignment weights in non_lora_trainables

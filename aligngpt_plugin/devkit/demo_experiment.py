@@ -17,9 +17,9 @@ from pathlib import Path
 
 from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic
 from aligngpt_plugin.devkit import demo_data, pipeline
-from aligngpt_plugin.devkit.fixtures import FixturePaths, FixtureSpec, write_tiny_llm
 from aligngpt_plugin.devkit.shapes_clip import ClipTraining, train_shapes_clip
 from aligngpt_plugin.devkit.shapes_llm import LanguageTraining, train_language
+from aligngpt_plugin.devkit.tiny_checkpoints import FixturePaths, FixtureSpec, write_tiny_llm
 
 LEVELS = 8
 MODELS = ("aligngpt", "llava")
@@ -118,7 +118,7 @@ def run_module(module: str, args: list[str], log: Path, label: str, progress: bo
 def answer_questions(model: Path, fx: FixturePaths, answers: Path, log: Path, progress: bool,
                      gate_dump: Path | None) -> None:
     """LLaVA's `model_vqa_loader` on the held-out questions, greedy, as LLaVA's eval scripts run it."""
-    from aligngpt_plugin.integration.loader import GATE_DUMP_ENV
+    from aligngpt_plugin.integrations.llava.loader import GATE_DUMP_ENV
 
     run_module("aligngpt_plugin.llava_eval", [
         "llava.eval.model_vqa_loader", "--model-path", str(model), "--question-file", str(fx.questions),

@@ -34,7 +34,7 @@ import os
 import re
 from pathlib import Path
 
-from aligngpt_plugin.integration.configuration import MODEL_TYPES, RELEASED_MODEL_TYPE, convert_hint
+from aligngpt_plugin.integrations.llava.configuration import MODEL_TYPES, RELEASED_MODEL_TYPE, convert_hint
 
 GATE_DUMP_ENV = "ALIGNGPT_GATE_DUMP"
 EVAL_LEVEL_ENV = "ALIGNGPT_EVAL_LEVEL"
@@ -133,7 +133,7 @@ def aligngpt_aware(load):
         name = routed_model_name(model_name, model_path)
         if model_type == "llava_llama":
             return load(model_path, model_base, name, *args, **kwargs)
-        from aligngpt_plugin.integration.model import MODEL_CLASS_BY_TYPE
+        from aligngpt_plugin.integrations.llava.model import MODEL_CLASS_BY_TYPE
 
         # LLaVA's builder then takes its Llama path (the routed name), with the class of the checkpoint's backbone
         model_class = MODEL_CLASS_BY_TYPE[model_type]

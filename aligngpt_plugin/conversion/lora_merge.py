@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aligngpt_plugin.integration.lora import ALIGNMENT_MODULE, NON_LORA_FILE, PEFT_PREFIX
+from aligngpt_plugin.integrations.llava.lora_training import ALIGNMENT_MODULE, NON_LORA_FILE, PEFT_PREFIX
 
 
 def read_non_lora_weights(adapter_dir: str | Path) -> dict:
@@ -35,7 +35,7 @@ def load_lora_model(adapter_dir: str | Path, base: str | Path, torch_dtype=None)
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    import aligngpt_plugin.integration.model  # noqa: F401  registers the AlignGPT config and model
+    import aligngpt_plugin.integrations.llava.model  # noqa: F401  registers the AlignGPT config and model
 
     adapter_dir = Path(adapter_dir)
     config = AutoConfig.from_pretrained(adapter_dir)

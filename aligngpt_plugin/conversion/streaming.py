@@ -1,0 +1,224 @@
+"""The shard streaming every conversion shares: tensor shapes without reading data, one source file
+open at a time, output shards of bounded size written atomically, and a DST.partial folder that a
+killed conversion continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic
+
+# Files of a checkpoint folder that hold no model weights (stage-1 adapters, trainer state).
+ADAPTER_NAMES = ("mm_projector_align.bin", "mm_projector.bin")
+NOT_WEIGHTS = ("training_args.bin", "optimizer", "scheduler", "rng_state", "trainer_state")
+
+class ConversionError(ValueError):
+    """The checkpoint does not have the layout or shapes the conversion expects."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    nbytes: int
+    file: Path
+
+
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@contextlib.contextmanager
+def open_weights(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
+    """The tensors of one weight file, read lazily: safetensors through `safe_open`, `.bin` memory-mapped
+    (`weights_only`), so only what is used is read. The mapping is released when the block ends."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            yield _LazySafetensors(f)
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file saved in torch's legacy (pre-zip) format cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        yield state
+    finally:
+        del state
+
+
+class _LazySafetensors(Mapping):
+    """A safetensors file as a mapping that reads a tensor when it is looked up."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.handle.keys())
+
+    def __len__(self) -> int:
+        return len(self.handle.keys())
+
+
+def tensor_infos(files: list[Path]) -> dict[str, TensorInfo]:
+    """Shape and size of every tensor, without reading the data."""
+    infos: dict[str, TensorInfo] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    s = f.get_slice(key)
+                    shape = tuple(s.get_shape())
+                    n = 1
+                    for d in shape:
+                        n *= d
+                    infos[key] = TensorInfo(shape, n * _SAFETENSORS_BYTES.get(s.get_dtype(), 4), path)
+        else:
+            with open_weights(path) as state:
+                for key, value in state.items():
+                    infos[key] = TensorInfo(tuple(value.shape), value.numel() * value.element_size(), path)
+    return infos
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The model weight files of a checkpoint folder, in the order of its index if it has one."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            names = json.loads((folder / index).read_text())["weight_map"].values()
+            files = [folder / n for n in dict.fromkeys(names)]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConversionError(f"{folder / index} lists files that are not there: {missing}")
+            return files
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")
+                   and p.name not in ADAPTER_NAMES and not p.name.startswith(NOT_WEIGHTS))
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files  # a folder with both keeps the safetensors
+
+
+def resolve(src: str) -> Path:
+    """A local path, or a hub id fetched (or found in the cache) with huggingface_hub."""
+    path = Path(src)
+    if path.exists():
+        return path
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", src):
+        raise ConversionError(f"{src} does not exist (a checkpoint folder, a .bin file or a hub id owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model",
+                                                           "*.txt", "*.py", "*.md"]))
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, no access: all end here with the reason
+        raise ConversionError(f"{src} is not a local path and could not be fetched from the hub "
+                              f"({type(e).__name__}: {e})") from None
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+@dataclass
+class OutputShard:
+    """One output file: which source keys go into it, under which names."""
+
+    name: str
+    source: Path
+    keys: dict[str, str] = field(default_factory=dict)  # source key -> output key
+    nbytes: int = 0
+
+
+def plan_shards(infos: dict[str, TensorInfo], rename, max_bytes: int, prefix: str) -> list[OutputShard]:
+    """Group tensors into output files of at most `max_bytes` (a larger tensor gets a file to itself),
+    never mixing source files, so one source file is open at a time."""
+    shards: list[OutputShard] = []
+    for key, info in infos.items():
+        new = rename(key)
+        if new is None:
+            continue
+        last = shards[-1] if shards else None
+        if last is None or last.source != info.file or (last.keys and last.nbytes + info.nbytes > max_bytes):
+            last = OutputShard("", info.file)
+            shards.append(last)
+        last.keys[key] = new
+        last.nbytes += info.nbytes
+    for i, shard in enumerate(shards, 1):
+        shard.name = (f"{prefix}.safetensors" if len(shards) == 1
+                      else f"{prefix}-{i:05d}-of-{len(shards):05d}.safetensors")
+    return shards
+
+
+def write_shards(shards: list[OutputShard], folder: Path) -> dict[str, str]:
+    """Write every shard not already there (a resumed run keeps finished ones); the weight map."""
+    weight_map = {}
+    by_source: dict[Path, list[OutputShard]] = {}
+    for shard in shards:
+        by_source.setdefault(shard.source, []).append(shard)
+        weight_map.update(dict.fromkeys(shard.keys.values(), shard.name))
+    for source, group in by_source.items():
+        todo = [s for s in group if not (folder / s.name).is_file()]
+        if not todo:
+            continue
+        with open_weights(source) as state:
+            for shard in todo:
+                tensors, seen = {}, set()
+                for key, new in shard.keys.items():
+                    value = state[key].contiguous()
+                    ptr = value.untyped_storage().data_ptr()
+                    tensors[new] = value.clone() if ptr in seen else value  # safetensors refuses shared storage
+                    seen.add(ptr)
+                with atomic_path(folder / shard.name) as tmp:
+                    save_file(tensors, str(tmp), metadata={"format": "pt"})
+                del tensors
+    return weight_map
+
+
+def write_index(folder: Path, prefix: str, shards: list[OutputShard], weight_map: dict[str, str]) -> None:
+    if len(shards) > 1:
+        write_json_atomic(folder / f"{prefix}.safetensors.index.json", {
+            "metadata": {"total_size": sum(s.nbytes for s in shards)}, "weight_map": dict(sorted(weight_map.items()))})
+
+
+@contextlib.contextmanager
+def partial_folder(dst: Path, plan: dict) -> Iterator[Path]:
+    """Write into DST.partial and rename it to DST at the end. A DST.partial left by a killed run of the
+    same conversion (same source files, same plan) is continued; anything else there is an error."""
+    if dst.exists():
+        raise ConversionError(f"{dst} already exists; remove it or choose another output")
+    work = dst.with_name(dst.name + ".partial")
+    stamp = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    marker = work / ".conversion"
+    if work.exists():
+        if not marker.is_file() or marker.read_text().strip() != stamp:
+            raise ConversionError(f"{work} holds another conversion's files; remove it first")
+        print(f"[aligngpt-convert] continuing the conversion in {work}", flush=True)
+    else:
+        work.mkdir(parents=True)
+        marker.write_text(stamp + "\n")
+    yield work
+    marker.unlink()
+    work.rename(dst)
+
+
+def source_stamp(files: list[Path]) -> list:
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def copy_other_files(src: Path, dst: Path, skip: set[Path]) -> None:
+    """Tokenizer, generation config and the like, unchanged."""
+    for f in src.iterdir():
+        if (f.is_file() and f not in skip and f.name != "config.json" and not f.name.endswith(".index.json")
+                and f.suffix not in (".bin", ".safetensors") and not f.name.startswith(".")):
+            shutil.copy2(f, dst / f.name)
