@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from aligngpt_plugin.core.fileio import write_json_atomic
+from aligngpt_plugin.core.fileio import save_figure_atomic, write_json_atomic, write_text_atomic
 from aligngpt_plugin.devkit.demo_data import QUESTIONS, TRUTH_KINDS
 
 COMMAND = "python -m aligngpt_plugin.demo --out runs/demo"
@@ -47,7 +47,7 @@ def plot_scores(scores_by_truth: dict[str, list[float]], edges: list[float], pat
     ax.set_title("CLIP scores of the pre-training pairs by truth of the caption")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -69,7 +69,7 @@ def plot_losses(models: dict, clip_losses: list[float], language_losses: list[fl
         ax.set_xlabel("step")
     axes[0].set_ylabel("training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -89,7 +89,7 @@ def plot_accuracy(models: dict, chance: dict[str, float], path: Path) -> Path:
     ax.set_ylim(0, 105)
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -221,7 +221,7 @@ def draw(out: Path) -> None:
     gates = summary["models"].get("aligngpt", {}).get("gates")
     if gates:
         plot_heatmap(gates["per_kind"], out / "gate_heatmap.png")
-    (out / "report.md").write_text(markdown(summary))
+    write_text_atomic(out / "report.md", markdown(summary))
 
 
 def write_report(out: Path, summary: dict, truth: dict, clip_losses: list[float],
