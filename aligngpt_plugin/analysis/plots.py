@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from aligngpt_plugin.core.fileio import save_figure_atomic
+
 
 def _pyplot():
     import matplotlib
@@ -44,7 +46,7 @@ def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, word
     ax.set_ylim(size, 0)
     ax.set_axis_off()
     ax.set_title(title)
-    fig.savefig(path)  # no tight_layout: it measures every one of the grid's words
+    save_figure_atomic(fig, path)  # no tight_layout: it measures every one of the grid's words
     plt.close(fig)
 
 
@@ -57,7 +59,7 @@ def plot_spectra(path: Path, before: list[float], after: list[float]) -> None:
     ax.set_ylabel("singular value / sum")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -69,5 +71,5 @@ def plot_pursuit(path: Path, residual: list[float]) -> None:
     ax.set_ylabel("residual norm / patch norm")
     ax.set_ylim(0, 1.05)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomic(fig, path)
     plt.close(fig)

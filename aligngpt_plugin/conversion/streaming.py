@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic
+from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 # Files of a checkpoint folder that hold no model weights (stage-1 adapters, trainer state).
 ADAPTER_NAMES = ("mm_projector_align.bin", "mm_projector.bin")
@@ -206,7 +206,7 @@ def partial_folder(dst: Path, plan: dict) -> Iterator[Path]:
         print(f"[aligngpt-convert] continuing the conversion in {work}", flush=True)
     else:
         work.mkdir(parents=True)
-        marker.write_text(stamp + "\n")
+        write_text_atomic(marker, stamp + "\n")
     yield work
     marker.unlink()
     work.rename(dst)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aligngpt_plugin.core.fileio import read_jsonl
+from aligngpt_plugin.core.fileio import read_jsonl, write_text_atomic
 from aligngpt_plugin.devkit.tiny_checkpoints import FixturePaths
 
 
@@ -73,8 +73,7 @@ def run_module(module: str, args: list[str], log: Path | None = None,
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(proc.stdout + proc.stderr)
+        write_text_atomic(log, proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"python -m {module} failed (exit {proc.returncode}):\n{tail}")
