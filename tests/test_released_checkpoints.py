@@ -403,6 +403,66 @@ def test_checkpoints_that_do_not_fit_exit_2_and_write_nothing(tiny, released, tm
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_an_existing_output_file_is_replaced_only_with_force(released, tmp_path):
+    state, config = released
+    src = write_released_pretrain(tmp_path / "pretrain", state, config) / "mm_projector_align.bin"
+    out = tmp_path / "mm_projector.bin"
+    out.write_bytes(b"a colleague's projector")
+    proc = convert_cli("to-plugin", src, out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{out} already exists; pass --force" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_bytes() == b"a colleague's projector"
+    proc = convert_cli("to-plugin", src, out, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert torch.equal(torch.load(out, weights_only=True)["model.mm_projector.0.weight"],
+                       state["mm_projector.0.weight"])
+    proc = convert_cli("to-plugin", src, src, "--force")
+    assert proc.returncode == 2 and "is the file being converted" in proc.stderr
+    assert torch.equal(torch.load(src, weights_only=True)["mm_projector.0.weight"], state["mm_projector.0.weight"])
+
+
+def test_an_existing_output_folder_is_never_replaced(released_folder, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    for extra in ((), ("--force",)):
+        proc = convert_cli("to-plugin", released_folder, tmp_path / "out", *extra)
+        assert proc.returncode == 2 and f"{tmp_path / 'out'} already exists" in proc.stderr, proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def _config(folder: Path, text: str = '{"model_type": "aligngpt"}') -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(text)
+    return folder
+
+
+BAD_INPUTS = {  # what to build -> (the file the message must name, words it must say)
+    "truncated .bin": (lambda t: (t / "mm_projector_align.bin").write_bytes(b"PK\x03\x04 cut short"),
+                       "mm_projector_align.bin", "not a readable weight file"),
+    "text named .bin": (lambda t: (t / "mm_projector_align.bin").write_text("not weights"),
+                        "mm_projector_align.bin", "not a readable weight file"),
+    "bad config.json": (lambda t: _config(t / "ckpt", '{"model_type": "aligngpt",'),
+                        "ckpt/config.json", "not valid JSON (line 1"),
+    "config.json a list": (lambda t: _config(t / "ckpt", "[]"), "ckpt/config.json", "expected a JSON object"),
+    "corrupt shard": (lambda t: (_config(t / "ckpt") / "model.safetensors").write_bytes(b"\xff" * 64),
+                      "ckpt/model.safetensors", "not a readable weight file"),
+    "bad index": (lambda t: (_config(t / "ckpt") / "model.safetensors.index.json").write_text("{weight_map"),
+                  "ckpt/model.safetensors.index.json", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_unreadable_inputs_exit_2_naming_the_file(tmp_path, case):
+    make, named, says = BAD_INPUTS[case]
+    make(tmp_path)
+    src = tmp_path / ("ckpt" if named.startswith("ckpt/") else named)
+    proc = convert_cli("to-plugin", src, tmp_path / "out")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert str(tmp_path / named) in proc.stderr and says in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_from_plugin_refuses_what_the_public_code_cannot_express(tiny, tmp_path):
     import eval_data
 
@@ -429,7 +489,9 @@ def test_a_killed_conversion_continues(tiny, released, tmp_path, monkeypatch):
 
     state, config = released
     folder = write_released(tmp_path / "released", state, config, tiny.llm, shards=2)
-    real_save, calls = convert.save_file, []
+    from aligngpt_plugin.conversion import streaming
+
+    real_save, calls = streaming.save_file, []
 
     def dies_on_the_third(tensors, path, metadata=None):
         calls.append(path)
@@ -437,13 +499,13 @@ def test_a_killed_conversion_continues(tiny, released, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(convert, "save_file", dies_on_the_third)
+    monkeypatch.setattr(streaming, "save_file", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         convert.convert(folder, tmp_path / "out", max_shard_size=100_000)
     done = sorted(p.name for p in (tmp_path / "out.partial").glob("model-*.safetensors"))
     assert len(done) == 2 and not (tmp_path / "out").exists()
     stamps = {n: (tmp_path / "out.partial" / n).stat().st_mtime_ns for n in done}
-    monkeypatch.setattr(convert, "save_file", real_save)
+    monkeypatch.setattr(streaming, "save_file", real_save)
     convert.convert(folder, tmp_path / "out", max_shard_size=100_000)
     assert all((tmp_path / "out" / n).stat().st_mtime_ns == t for n, t in stamps.items())  # kept, not redone
     assert not (tmp_path / "out.partial").exists()

@@ -23,7 +23,6 @@ stopped when run again (finished shards are kept in DST.partial/).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from aligngpt_plugin.conversion.streaming import (
     open_weights,
     partial_folder,
     plan_shards,
+    read_json,
     resolve,
     source_stamp,
     tensor_infos,
@@ -252,7 +252,7 @@ def folder_from_plugin(src: Path, dst: Path, max_bytes: int) -> ConversionReport
 
     released_config = dict(config)
     released_config.pop("alignment", None)
-    original = json.loads((aside / "config.json").read_text()) if (aside / "config.json").is_file() else {}
+    original = read_json(aside / "config.json") if (aside / "config.json").is_file() else {}
     released_config.update(model_type=RELEASED_MODEL_TYPE, architectures=[RELEASED_ARCHITECTURE])
     for key in ("architectures", "mm_vision_tower"):  # a converted checkpoint: as the released folder had them
         if original and key in original:
@@ -271,7 +271,7 @@ def read_config(folder: Path, want: str, direction: str) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ConversionError(f"{folder} has no config.json: is it a checkpoint folder?")
-    config = json.loads(path.read_text())
+    config = read_json(path)
     found = config.get("model_type")
     if found != want:
         why = " (the public AlignGPT code is Llama only, so only Llama checkpoints have a released layout)" \
@@ -312,8 +312,16 @@ def adapter_state(path: Path, to_plugin: bool) -> tuple[dict[str, torch.Tensor],
     return state, alignment
 
 
-def convert_adapter(src: Path, dst: Path, to_plugin: bool) -> ConversionReport:
-    """A pre-training file (`mm_projector_align.bin` <-> `mm_projector.bin`)."""
+def convert_adapter(src: Path, dst: Path, to_plugin: bool, force: bool = False) -> ConversionReport:
+    """A pre-training file (`mm_projector_align.bin` <-> `mm_projector.bin`). An existing `dst` is
+    replaced only with `force` (a folder's output is never replaced: see `partial_folder`)."""
+    if dst.is_dir():
+        raise ConversionError(f"{dst} is a folder; a pre-training file converts to a file: give its path, "
+                              f"e.g. {dst / ('mm_projector.bin' if to_plugin else 'mm_projector_align.bin')}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ConversionError(f"{dst} is the file being converted; write the result elsewhere")
+    if dst.exists() and not force:
+        raise ConversionError(f"{dst} already exists; pass --force to replace it, or choose another output")
     state, _ = adapter_state(src, to_plugin)
     with atomic_path(dst) as tmp:
         torch.save(state, tmp)
@@ -339,15 +347,16 @@ def pretrain_folder_to_plugin(src: Path, adapter: Path, dst: Path, config: dict,
 
 
 def convert(src: str | Path, dst: str | Path, to_plugin: bool = True, vision_tower: str | None = None,
-            max_shard_size: int = 2 << 30) -> ConversionReport:
+            max_shard_size: int = 2 << 30, force: bool = False) -> ConversionReport:
     """Convert a checkpoint folder (or hub id) or a pre-training `.bin` file; ConversionError if it does
-    not fit, before anything is written."""
+    not fit or cannot be read, before anything is written. An existing output file is replaced only with
+    `force`; an existing output folder never is (remove it first)."""
     source = resolve(str(src)) if to_plugin else Path(src)
     if not source.exists():
         raise ConversionError(f"{source} does not exist")
     dst = Path(dst)
     if source.is_file():
-        return convert_adapter(source, dst, to_plugin)
+        return convert_adapter(source, dst, to_plugin, force)
     if to_plugin:
         return folder_to_plugin(source, dst, vision_tower, max_shard_size)
     return folder_from_plugin(source, dst, max_shard_size)

@@ -46,17 +46,48 @@ def open_weights(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
     """The tensors of one weight file, read lazily: safetensors through `safe_open`, `.bin` memory-mapped
     (`weights_only`), so only what is used is read. The mapping is released when the block ends."""
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            yield _LazySafetensors(f)
+        with unreadable_is_an_error(path):  # the header is read here: a corrupt file fails now, named
+            handle = safe_open(str(path), framework="pt")
+        with handle:
+            yield _LazySafetensors(handle)
         return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a file saved in torch's legacy (pre-zip) format cannot be mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    with unreadable_is_an_error(path):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file saved in torch's legacy (pre-zip) format cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"holds a {type(state).__name__}, not a state dict of tensors")
     try:
         yield state
     finally:
         del state
+
+
+@contextlib.contextmanager
+def unreadable_is_an_error(path: Path) -> Iterator[None]:
+    """A file that torch or safetensors cannot read (truncated, not a weight file, pickled objects that
+    `weights_only` refuses) becomes a ConversionError naming it, instead of a traceback."""
+    try:
+        yield
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the readers raise many kinds (RuntimeError, UnpicklingError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{path}: not a readable weight file ({type(e).__name__}: {reason[:300]})") from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ConversionError naming the file and the place when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise ConversionError(f"{path}: not a text file") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 class _LazySafetensors(Mapping):
@@ -80,7 +111,7 @@ def tensor_infos(files: list[Path]) -> dict[str, TensorInfo]:
     infos: dict[str, TensorInfo] = {}
     for path in files:
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
+            with unreadable_is_an_error(path), safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
                     s = f.get_slice(key)
                     shape = tuple(s.get_shape())
@@ -99,7 +130,10 @@ def weight_files(folder: Path) -> list[Path]:
     """The model weight files of a checkpoint folder, in the order of its index if it has one."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            names = json.loads((folder / index).read_text())["weight_map"].values()
+            weight_map = read_json(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{folder / index}: no \"weight_map\" object")
+            names = weight_map.values()
             files = [folder / n for n in dict.fromkeys(names)]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
