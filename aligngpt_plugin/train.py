@@ -23,9 +23,11 @@ import sys
 from aligngpt_plugin.integrations.llava.training import run_training
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 when training ends (or after --help); bad arguments exit through SystemExit."""
     run_training(sys.argv[1:] if argv is None else list(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
