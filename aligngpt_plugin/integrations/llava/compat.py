@@ -19,11 +19,19 @@ INSTALL_HINT = (
     f"pip install --no-deps {LLAVA_DIST}=={LLAVA_VERSION}  "
     "(its metadata pins 2024 releases that cannot install today; the plugin declares what it really needs)"
 )
-TESTED_LINES = "4.57.x or 5.x (the whole suite runs on 4.57.6, 5.17.0 and 5.24.0)"
-# (specifier, reason): transformers releases measured to train or evaluate LLaVA wrongly even with patches/
-# (README, "Tested versions"). Empty today: with the patches, every release measured (4.57.6, 5.0.0, 5.5.4,
-# 5.10.4, 5.14.1, 5.17.0, 5.24.0) gives LLaVA's reference tokens and pixels and the recorded reference run.
-REFUSED: tuple[tuple[str, str], ...] = ()
+# The transformers releases the plugin is measured on. The whole suite runs on 4.57.6, 5.17.0 and 5.24.0; its
+# transformers-bound part also on 5.0.0, 5.5.4, 5.10.4 and 5.14.1 (README, "Tested versions"). A release in
+# neither range (4.37-4.56, or newer than 5.24) gets a warning: nobody has seen LLaVA train right on it.
+TESTED: tuple[str, ...] = ("==4.57.*", ">=5.0,<5.25")
+TESTED_LINES = "4.57.x or 5.0-5.24 (the whole suite runs on 4.57.6, 5.17.0 and 5.24.0)"
+# (specifier, reason): releases that train or evaluate LLaVA wrongly, or not at all, even with patches/.
+# Keyed on a version range, so a release is refused before anyone installs it and finds out mid-run.
+REFUSED: tuple[tuple[str, str], ...] = (
+    (">=5.40.0.dev0",
+     "it removes the `past_key_values` keyword (deprecated since 5.24 in favour of `cache`; transformers marks "
+     "it `deprecate_kwarg(\"past_key_values\", \"5.40.0\")` on the Llama forward and generate), which LLaVA's "
+     "LlavaLlamaForCausalLM passes to the Llama forward and generate on every step."),
+)
 
 
 class UnsupportedStackError(RuntimeError):
@@ -60,11 +68,22 @@ def check_stack() -> None:
             f"transformers {version} is older than LLaVA-1.5's reference 4.37.2; install {TESTED_LINES}"
         )
     for spec, reason in REFUSED:
-        if version in SpecifierSet(spec):
+        if SpecifierSet(spec).contains(version, prereleases=True):
             raise UnsupportedStackError(
                 f"transformers {version} is installed: {reason} Install a tested release: {TESTED_LINES}, "
                 "e.g. pip install 'transformers==4.57.6' or 'transformers==5.24.0'."
             )
+    if not is_tested(version):
+        warnings.warn(
+            f"transformers {version} is installed, which the plugin has not been tested on: LLaVA may train or "
+            f"answer differently there. Tested: {TESTED_LINES}.",
+            stacklevel=2,
+        )
+
+
+def is_tested(version: Version) -> bool:
+    """Whether `version` falls in a measured range (`TESTED`); a pre-release counts as its release."""
+    return any(SpecifierSet(spec).contains(version, prereleases=True) for spec in TESTED)
 
 
 def prepare_llava() -> dict[str, bool]:
