@@ -10,17 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aligngpt_plugin.core.flags import DataclassFlags
 from aligngpt_plugin.devkit.tiny_checkpoints import FixtureSpec, write_fixtures
+
+SPEC_FLAGS = DataclassFlags(FixtureSpec, spelling="dash")  # --hidden-size, --n-pretrain, ...
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aligngpt-fixtures", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="folder to write into")
-    for name, f in FixtureSpec.__dataclass_fields__.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=f.default, help=f.metadata["help"])
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    paths = write_fixtures(out, FixtureSpec(**args))
+    SPEC_FLAGS.add_to(parser)
+    args = parser.parse_args(argv)
+    try:
+        spec = SPEC_FLAGS.build(args)
+    except ValueError as err:  # FixtureSpec's own check, e.g. a hidden size its heads do not divide
+        parser.error(str(err))
+    paths = write_fixtures(args.out, spec)
     print(f"wrote tiny fixtures to {paths.root}: llm/ clip/ data/")
     return 0
 

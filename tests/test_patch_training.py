@@ -51,7 +51,7 @@ def data_module(tiny, path, levels: int | None = None):
     from transformers import CLIPImageProcessor
 
     from aligngpt_plugin.integrations.llava.data import make_level_aware_data_module
-    from aligngpt_plugin.integrations.llava.patch_training import patch_label_data_module
+    from aligngpt_plugin.integrations.llava.patch_data import patch_label_data_module
 
     args = SimpleNamespace(data_path=str(path), image_folder=str(tiny.images), is_multimodal=True,
                            mm_use_im_start_end=False, image_aspect_ratio="square",

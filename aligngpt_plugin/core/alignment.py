@@ -30,7 +30,8 @@ GATE_TEXTS: tuple[str, ...] = ("all", "prompt")
 class AlignmentConfig:
     """Everything about the alignment levels; saved in the model config as `alignment`."""
 
-    num_levels: int = field(default=8, metadata={"help": "N, the number of CLIP-similarity levels (>= 2)"})
+    num_levels: int = field(default=8, metadata={"help": "N, the number of CLIP-similarity levels (>= 2)",
+                                                  "metavar": "N"})
     gate_hidden_size: int = field(default=256, metadata={"help": "width of the gate's hidden layer"})
     gate_tokens: int = field(default=576, metadata={"help": "image-token scores the gate reads (public: 576)"})
     gate_input: Literal["fixed", "pooled"] = field(default="fixed", metadata={

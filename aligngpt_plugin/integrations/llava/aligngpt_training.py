@@ -1,7 +1,10 @@
-"""Switch LLaVA's `train()` to AlignGPT: the model class, the level-aware data, the trainer, the saving.
+"""The AlignGPT training feature (`--align_levels N`): switch LLaVA's `train()` to AlignGPT: the model class,
+the level-aware data, the trainer, the saving.
 
-`enable_aligngpt(config, pretraining)` replaces four names that `llava.train.train` looks up at call
-time, and nothing else:
+Its shape is every training feature's (`features`): the settings are `core.alignment.AlignmentConfig`
+(its fields are the `--align_*` flags, `--align_levels` being `num_levels`), the data module is
+`data.make_level_aware_data_module`, and `enable_aligngpt(config, pretraining)` replaces four names that
+`llava.train.train` looks up at call time, and nothing else:
 
 - `LlavaLlamaForCausalLM`: loads the base LLM as the AlignGPT model of its backbone (Llama or Mistral,
   from its config) with the alignment config (or an AlignGPT checkpoint as it is);
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 
 from aligngpt_plugin.core.alignment import AlignmentConfig
+from aligngpt_plugin.integrations.llava.features import TrainingRun, register_training_feature
 
 ALIGNMENT_KEY = "alignment."
 
@@ -88,3 +92,31 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
     from aligngpt_plugin.integrations.llava.lora_training import enable_lora_support
 
     enable_lora_support(llava_train)  # --lora_enable: LoRA on the LLM only; alignment weights in non_lora_trainables
+
+
+def refuse_mpt(run: TrainingRun) -> None:
+    """LLaVA builds its MPT model for any `--model_name_or_path` containing 'mpt', past the plugin's
+    AlignGPT model: that run would be plain LLaVA, so --align_levels refuses it."""
+    path = run.model_args.model_name_or_path or ""
+    if "mpt" in path:
+        raise SystemExit(f"--align_levels with --model_name_or_path {path}: LLaVA takes the MPT path for any "
+                         "name containing 'mpt', and AlignGPT runs on LLaVA's Llama and Mistral backbones only "
+                         "(LLaVA's MPT keeps its LLM under `transformer`, with ALiBi attention and its own "
+                         "forward). Use a Llama or Mistral checkpoint")
+
+
+def enable_for_run(alignment: AlignmentConfig, run: TrainingRun) -> None:
+    """The feature's enabling function: AlignGPT for this run's stage, on a backbone that can take it."""
+    refuse_mpt(run)
+    enable_aligngpt(alignment, run.pretraining)
+
+
+def describe(alignment: AlignmentConfig, run: TrainingRun) -> str:
+    stage = "pre-training (levels)" if run.pretraining else "instruction tuning (gate)"
+    return f"AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}"
+
+
+FEATURE = register_training_feature(
+    "aligngpt", settings_cls=AlignmentConfig, prefix="align_", names={"num_levels": "levels"},
+    switch="num_levels", switch_metavar="N", title="AlignGPT (--align_levels N switches it on)",
+    enable=enable_for_run, describe=describe)

@@ -34,17 +34,34 @@ def convert_hint(path: str = "CHECKPOINT") -> str:
 
 
 class _AlignmentSettings:
-    """What every AlignGPT config adds to its backbone's: `alignment`, the AlignmentConfig as a dict
-    (validated on construction)."""
+    """What every AlignGPT config adds to its backbone's: `alignment`, the AlignmentConfig as a dict (the form
+    config.json holds), validated on construction.
 
-    def __init__(self, alignment: dict | None = None, **kwargs):
+    `alignment_config` is the AlignmentConfig itself: the one given to the constructor, or built once from
+    the dict, and built again only when `alignment` was replaced or edited since. It is kept in a slot, not
+    in the instance's __dict__, because transformers writes every __dict__ entry into config.json.
+    """
+
+    __slots__ = ("_alignment_cache",)  # (the dict it was built from, the AlignmentConfig)
+
+    def __init__(self, alignment: dict | AlignmentConfig | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.alignment = AlignmentConfig.from_dict(alignment or {}).to_dict()
+        if not isinstance(alignment, AlignmentConfig):
+            alignment = AlignmentConfig.from_dict(dict(alignment or {}))
+        self.set_alignment(alignment)
         _register_model_classes()
+
+    def set_alignment(self, alignment: AlignmentConfig) -> None:
+        """Set the alignment settings (the dict config.json holds follows)."""
+        self.alignment = alignment.to_dict()
+        self._alignment_cache = (dict(self.alignment), alignment)
 
     @property
     def alignment_config(self) -> AlignmentConfig:
-        return AlignmentConfig.from_dict(self.alignment)
+        cached = getattr(self, "_alignment_cache", None)
+        if cached is None or cached[0] != self.alignment:  # loaded without __init__, or `alignment` changed
+            self._alignment_cache = cached = (dict(self.alignment), AlignmentConfig.from_dict(self.alignment))
+        return cached[1]
 
 
 class AlignGPTConfig(_AlignmentSettings, LlamaConfig):
@@ -79,7 +96,7 @@ def config_for_base(base: PretrainedConfig, alignment: AlignmentConfig, source: 
         if base.alignment_config.num_levels != alignment.num_levels:
             raise ValueError(f"{source} has {base.alignment_config.num_levels} alignment levels, "
                              f"--align_levels asks for {alignment.num_levels}")
-        base.alignment = alignment.to_dict()
+        base.set_alignment(alignment)
         return base
     if base.model_type not in CONFIG_FOR_BACKBONE:
         raise ValueError(
@@ -88,7 +105,7 @@ def config_for_base(base: PretrainedConfig, alignment: AlignmentConfig, source: 
             "model keeps the LLM under `transformer` with ALiBi attention and its own forward")
     values = base.to_dict()
     values.pop("model_type", None)
-    return CONFIG_FOR_BACKBONE[base.model_type](alignment=alignment.to_dict(), **values)
+    return CONFIG_FOR_BACKBONE[base.model_type](alignment=alignment, **values)
 
 
 class ReleasedAlignGPTConfig(LlamaConfig):

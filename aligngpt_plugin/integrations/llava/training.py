@@ -1,6 +1,7 @@
 """The work behind `python -m aligngpt_plugin.train` (usage: `aligngpt_plugin.train`): LLaVA's `train()`
 after the stack check and `patches/`, with the plugin's flags taken off the command line and switched on
-(`--align_*`: AlignGPT; `--patch_align_*`: patch-aligned pre-training), the attention kernel picked
+(each registered training feature's, `features`: `--align_*` AlignGPT, `--patch_align_*` patch-aligned
+pre-training), the attention kernel picked
 (FlashAttention-2 when `flash-attn` is installed and a GPU is present, else torch SDPA;
 ALIGNGPT_ATTN_IMPLEMENTATION=flash_attention_2|sdpa|eager chooses) and every RNG seeded.
 """
@@ -12,7 +13,11 @@ import importlib.util
 import os
 import sys
 
-from aligngpt_plugin.core.alignment import GATE_INPUTS, GATE_TEXTS, MODES, AlignmentConfig
+# each feature module registers its feature on import, AlignGPT's first (patch alignment wraps it)
+import aligngpt_plugin.integrations.llava.aligngpt_training  # noqa: F401
+import aligngpt_plugin.integrations.llava.patch_training  # noqa: F401
+from aligngpt_plugin.core.alignment import AlignmentConfig
+from aligngpt_plugin.integrations.llava.features import TrainingRun, training_feature, training_features
 
 ATTN_ENV = "ALIGNGPT_ATTN_IMPLEMENTATION"
 ATTN_CHOICES = ("flash_attention_2", "sdpa", "eager")
@@ -34,59 +39,9 @@ def pick_attention() -> str:
     return "sdpa"
 
 
-def alignment_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aligngpt_plugin.train", add_help=False)
-    p.add_argument("--align_levels", type=int, help="N alignment levels: trains AlignGPT instead of LLaVA")
-    p.add_argument("--align_mode", choices=MODES, help="ablation mode (default adaptive)")
-    p.add_argument("--align_fixed_level", type=int, help="the level for --align_mode fixed_level")
-    p.add_argument("--align_gate_input", choices=GATE_INPUTS, help="fixed (public, 576 tokens) or pooled")
-    p.add_argument("--align_gate_text", choices=GATE_TEXTS, help="all (public) or prompt")
-    p.add_argument("--align_gate_tokens", type=int, help="image-token scores the gate reads (default 576)")
-    p.add_argument("--align_gate_hidden_size", type=int, help="gate hidden width (default 256)")
-    return p
-
-
-def given_flags(parser: argparse.ArgumentParser, argv: list[str], prefix: str) -> tuple[dict, list[str]]:
-    """The flags of `parser` that `argv` gives (names without `prefix`), and the rest of `argv` for LLaVA."""
-    known, rest = parser.parse_known_args(argv)
-    return {k.removeprefix(prefix): v for k, v in vars(known).items() if v is not None}, rest
-
-
 def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[str]]:
     """The AlignmentConfig asked for by the `--align_*` flags (None without --align_levels), and the rest."""
-    values, rest = given_flags(alignment_parser(), argv, "align_")
-    if "levels" not in values:
-        if values:
-            raise SystemExit(f"--align_{next(iter(values))} needs --align_levels N")
-        return None, rest
-    values["num_levels"] = values.pop("levels")
-    return AlignmentConfig(**values), rest
-
-
-def llava_model_args(argv: list[str]):
-    """LLaVA's ModelArguments, read the way LLaVA's argument parser reads them."""
-    from llava.train.train import ModelArguments
-    from transformers import HfArgumentParser
-
-    (model_args, _) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True)
-    return model_args
-
-
-def is_pretraining(argv: list[str]) -> bool:
-    """LLaVA's own stage flag."""
-    return bool(llava_model_args(argv).tune_mm_mlp_adapter)
-
-
-def refuse_mpt(argv: list[str]) -> None:
-    """LLaVA builds its MPT model for any `--model_name_or_path` containing 'mpt', past the plugin's
-    AlignGPT model: that run would be plain LLaVA, so --align_levels refuses it."""
-    path = llava_model_args(argv).model_name_or_path or ""
-    if "mpt" in path:
-        raise SystemExit(f"--align_levels with --model_name_or_path {path}: LLaVA takes the MPT path for any "
-                         "name containing 'mpt', and AlignGPT runs on LLaVA's Llama and Mistral backbones only "
-                         "(LLaVA's MPT keeps its LLM under `transformer`, with ALiBi attention and its own "
-                         "forward). Use a Llama or Mistral checkpoint")
+    return training_feature("aligngpt").split(argv)
 
 
 def seed_everything(argv: list[str]) -> int:
@@ -105,16 +60,13 @@ def seed_everything(argv: list[str]) -> int:
 
 
 def print_help() -> None:
-    """The plugin's flags, then LLaVA's own (what `--help` shows)."""
+    """The plugin's flags, feature by feature, then LLaVA's own (what `--help` shows)."""
     from aligngpt_plugin.integrations.llava.compat import prepare_llava
-    from aligngpt_plugin.integrations.llava.patch_training import patch_alignment_parser
 
     print("usage: python -m aligngpt_plugin.train [the plugin's flags] [LLaVA's flags]\n")
-    for title, parser in (("AlignGPT (--align_levels N switches it on)", alignment_parser()),
-                          ("patch-aligned pre-training (--patch_align_weight L switches it on)",
-                           patch_alignment_parser())):
-        text = parser.format_help()
-        print(f"{title}:{text[text.index(chr(10), text.index('options:')):]}")
+    for feature in training_features():
+        text = feature.parser().format_help()
+        print(f"{feature.title}:{text[text.index(chr(10), text.index('options:')):]}")
     prepare_llava()
     from llava.train.train import DataArguments, ModelArguments, TrainingArguments
     from transformers import HfArgumentParser
@@ -132,39 +84,29 @@ def run_training(argv: list[str]) -> None:
         print_help()
         return
 
-    alignment, argv = split_alignment_args(list(argv))
-    from aligngpt_plugin.integrations.llava.patch_training import split_patch_alignment_args
-
-    patch_alignment, argv = split_patch_alignment_args(argv)  # --patch_align_* (METHOD.md section 3)
+    argv, chosen = list(argv), []
+    for feature in training_features():  # each takes its flags off the command line: the rest is LLaVA's
+        settings, argv = feature.split(argv)
+        if settings is not None:
+            chosen.append((feature, settings))
     prepare_llava()
-    argv = rewrite_argv(argv)
-    if alignment is not None:
-        from aligngpt_plugin.integrations.llava.aligngpt_training import enable_aligngpt
-
-        refuse_mpt(argv)
-        pretraining = is_pretraining(argv)
-        enable_aligngpt(alignment, pretraining)
-    if patch_alignment is not None:  # after enable_aligngpt: wraps its data module and trainer
-        from aligngpt_plugin.integrations.llava.patch_training import enable_patch_alignment
-
+    run = TrainingRun(rewrite_argv(argv))
+    for feature, settings in chosen:  # in registration order: a feature wraps what those before it set
         try:
-            enable_patch_alignment(patch_alignment, is_pretraining(argv))
+            feature.enable(settings, run)
         except ValueError as err:
             raise SystemExit(str(err)) from None
     attention = pick_attention()
-    seed_everything(argv)
+    seed_everything(run.argv)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(f"[aligngpt] attention: {attention}", flush=True)
-        if alignment is not None:
-            stage = "pre-training (levels)" if pretraining else "instruction tuning (gate)"
-            print(f"[aligngpt] AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}", flush=True)
-        if patch_alignment is not None:
-            print(f"[aligngpt] patch alignment, weight {patch_alignment.weight}, {patch_alignment.multi}", flush=True)
+        for feature, settings in chosen:
+            print(f"[aligngpt] {feature.describe(settings, run)}", flush=True)
 
     from llava.train import train as llava_train
 
     saved = sys.argv
-    sys.argv = ["aligngpt_plugin.train", *argv]  # LLaVA's train() parses sys.argv itself
+    sys.argv = ["aligngpt_plugin.train", *run.argv]  # LLaVA's train() parses sys.argv itself
     try:
         llava_train.train(attn_implementation=attention)
     finally:
