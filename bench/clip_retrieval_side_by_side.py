@@ -11,7 +11,7 @@ aligngpt-score here, with --embeddings). Runs alternate (ours, theirs, theirs, o
 process; reported are medians of:
 
 - whole process: images / wall seconds from process start to exit (imports, model load, warm-up included);
-- scoring loop: images / seconds of the loop alone (aligngpt-score: `score_shards`; clip-retrieval: its
+- scoring loop: images / seconds of the loop alone (aligngpt-score: `score_units`; clip-retrieval: its
   runner's call), timed inside each process by a small wrapper;
 - peak memory of the process tree: the largest sum over the process and all its children (workers) of
   PSS (proportional set size: pages shared by forked workers counted once in all) and of RSS (counted in
@@ -49,13 +49,13 @@ TORCH_ENTRIES = ("torch", "torchgen", "functorch", "torchvision", "torchvision.l
 OURS = """
 import sys, time
 from aligngpt_plugin.scoring import engine
-inner = engine.score_shards
+inner = engine.score_units
 def timed(*a, **k):
     start = time.perf_counter()
     out = inner(*a, **k)
     print(f"LOOP_SECONDS {time.perf_counter() - start:.4f}", file=sys.stderr, flush=True)
     return out
-engine.score_shards = timed
+engine.score_units = timed
 from aligngpt_plugin.score import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -15,31 +15,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scoring_helpers
+from scoring_helpers import (
+    child_env,
+    cli_args,
+    make_config,
+    open_clip_reference,
+    plain_records,
+    run_cli,
+    write_pictures,
+    write_records,
+    write_tiny_open_clip,
+)
 
 from aligngpt_plugin.core.fileio import read_jsonl
 from aligngpt_plugin.core.level_edges import LevelSplitError, assign_levels
 from aligngpt_plugin.score import main as score_main
-from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, score_dataset
+from aligngpt_plugin.scoring import ScoreError, merge_only, score_dataset
 from aligngpt_plugin.scoring.records import iter_records, plan_input
-
-sys.path.insert(0, str(Path(__file__).parent))
-from scoring_helpers import plain_records, write_pictures, write_records, write_tiny_open_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = ("scores.jsonl", "errors.jsonl", "data_levels.json", "levels.json", "scores_histogram.png")
 TIMING = ("seconds", "images_per_s", "chunks_scored_now", "images_scored_now", "outputs", "device", "workers")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread here and in the subprocesses: fast on a shared 2-core machine, and the same
-    arithmetic everywhere, so outputs can be compared byte for byte."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+reference = scoring_helpers.reference  # the shared fixtures
+one_thread = scoring_helpers.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +49,12 @@ def clip(tmp_path_factory):
     pairs = write_pictures(root / "images", 40)
     data = write_records(root / "data.json", plain_records(pairs))
     return {"root": root, "config": config, "checkpoint": checkpoint, "images": root / "images", "data": data,
-            "pairs": pairs}
+            "pairs": pairs, "config_defaults": {"chunk_size": 8}, "flags": ("--chunk-size", "4")}
 
 
-def make_config(clip, data: Path, out: Path, **kw) -> ScoreConfig:
-    values = dict(data_path=str(data), image_folder=str(clip["images"]), output_dir=str(out),
-                  model=str(clip["config"]), pretrained=str(clip["checkpoint"]), chunk_size=8, batch_size=4,
-                  num_workers=0, decode_threads=2, progress=False)
-    values.update(kw)
-    return ScoreConfig(**values)
-
-
-def cli_args(clip, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--images", str(clip["images"]), "--output", str(out), "--model", str(clip["config"]),
-            "--pretrained", str(clip["checkpoint"]), "--chunk-size", "4", "--batch-size", "4", "--num-workers", "1",
-            "--decode-threads", "2", "--no-progress", *extra]
+@pytest.fixture(scope="module")
+def inputs(clip):
+    return clip
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:
@@ -71,33 +62,6 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert {k: v for k, v in sa.items() if k not in TIMING} == {k: v for k, v in sb.items() if k not in TIMING}
-
-
-def direct_scores(clip, pairs) -> list[float]:
-    """What open_clip itself computes for each pair, one at a time."""
-    import open_clip
-    import torch
-    from PIL import Image
-
-    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip-test", pretrained=str(clip["checkpoint"]))
-    tokenizer = open_clip.get_tokenizer("tiny-clip-test")
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for name, caption in pairs:
-            image = model.encode_image(preprocess(Image.open(clip["images"] / name)).unsqueeze(0))
-            text = model.encode_text(tokenizer([caption]))
-            image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
-            out.append(float((image * text).sum()))
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(clip):
-    """One uninterrupted run with the settings of the subprocess runs (chunks of 4, batches of 4)."""
-    out = clip["root"] / "reference"
-    assert score_main(cli_args(clip, clip["data"], out)) == 0
-    return out
 
 
 # ------------------------------------------------------------------------------------------ reading records
@@ -130,7 +94,7 @@ def test_scores_equal_open_clip_and_levels_are_equal_count(clip, tmp_path):
     assert summary.scored == 40 and summary.errors == {} and summary.counts == [5] * 8
     scores = read_jsonl(out / "scores.jsonl")
     assert [s["id"] for s in scores] == [f"r{i:04d}" for i in range(40)]
-    np.testing.assert_allclose([s["score"] for s in scores], direct_scores(clip, clip["pairs"]), atol=2e-6)
+    np.testing.assert_allclose([s["score"] for s in scores], open_clip_reference(clip, clip["pairs"])[0], atol=2e-6)
 
     levels = json.loads((out / "levels.json").read_text())
     assert levels["num_levels"] == 8 and levels["counts"] == [5] * 8 and levels["records"] == 40
@@ -289,12 +253,6 @@ def test_a_different_run_in_the_same_output_is_refused(clip, tmp_path):
 
 # ------------------------------------------------------------------------------------------ resume and shards
 
-def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "aligngpt_plugin.score", *args], cwd=REPO, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
 def test_killed_run_resumes_to_the_uninterrupted_output(clip, reference, tmp_path, capsys):
     out = tmp_path / "out"
     proc = run_cli(*cli_args(clip, clip["data"], out, "--chunk-delay", "0.4"), start_new_session=True)
@@ -319,7 +277,7 @@ def test_two_ranks_with_gloo_match_one_process(clip, reference, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "aligngpt_plugin.score", *cli_args(clip, clip["data"], out)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        cwd=REPO, env=child_env(),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x2 ranks" in proc.stdout

@@ -5,7 +5,6 @@ CPU (selection, pixels, fallback)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -22,42 +21,31 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("webdataset")
 
+import scoring_helpers  # noqa: E402
+from scoring_helpers import (  # noqa: E402
+    child_env,
+    cli_args,
+    make_config,
+    open_clip_reference,
+    plain_records,
+    run_cli,
+    write_pictures,
+    write_records,
+    write_tar_shard,
+    write_tiny_open_clip,
+)
+
 from aligngpt_plugin.core.level_edges import assign_levels  # noqa: E402
 from aligngpt_plugin.score import main as score_main  # noqa: E402
-from aligngpt_plugin.scoring import ScoreConfig, ScoreError, score_dataset  # noqa: E402
+from aligngpt_plugin.scoring import ScoreError, score_dataset  # noqa: E402
 from aligngpt_plugin.scoring.shards import ShardError, expand_shards, is_shard_input, plan_shards  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from scoring_helpers import plain_records, write_pictures, write_records, write_tiny_open_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARDS, PER_SHARD = 4, 10
 CORRUPT = b"\xff\xd8\xff\xe0 this is not a JPEG at all" * 10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
-    """A webdataset shard as img2dataset writes it: KEY.jpg, KEY.txt, KEY.json, sample after sample."""
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                add_member(tar, f"{key}.{ext}", data)
-    return path
+reference = scoring_helpers.reference  # the shared fixtures
+one_thread = scoring_helpers.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -78,44 +66,15 @@ def web(tmp_path_factory):
             members = {name.rsplit(".", 1)[1]: (root / "images" / name).read_bytes(), "txt": caption.encode(),
                        "json": json.dumps({"caption": caption, "key": key}).encode()}
             samples.append((key, members))
-        write_shard(clean / f"{s:05d}.tar", samples)
+        write_tar_shard(clean / f"{s:05d}.tar", samples)
     return {"root": root, "config": config, "checkpoint": checkpoint, "images": root / "images", "pairs": pairs,
-            "clean": clean, "expected": expected}
+            "clean": clean, "expected": expected, "data": clean, "config_defaults": {"num_levels": 4},
+            "flags": ("--levels", "4")}
 
 
-def make_config(web, data, out: Path, **kw) -> ScoreConfig:
-    values = dict(data_path=str(data), image_folder=None, output_dir=str(out), model=str(web["config"]),
-                  pretrained=str(web["checkpoint"]), batch_size=4, num_workers=0, decode_threads=2, num_levels=4,
-                  progress=False)
-    values.update(kw)
-    return ScoreConfig(**values)
-
-
-def cli_args(web, data, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--output", str(out), "--model", str(web["config"]), "--pretrained",
-            str(web["checkpoint"]), "--batch-size", "4", "--num-workers", "1", "--decode-threads", "2", "--levels", "4",
-            "--no-progress", *extra]
-
-
-def direct(web, names_captions: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores and normalised embeddings as open_clip computes them, one image at a time from the files."""
-    import open_clip
-    import torch
-    from PIL import Image
-
-    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip-test", pretrained=str(web["checkpoint"]))
-    tokenizer = open_clip.get_tokenizer("tiny-clip-test")
-    model.eval()
-    scores, images, texts = [], [], []
-    with torch.no_grad():
-        for name, caption in names_captions:
-            image = model.encode_image(preprocess(Image.open(web["images"] / name)).unsqueeze(0))
-            text = model.encode_text(tokenizer([caption]))
-            image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
-            scores.append(float((image * text).sum()))
-            images.append(image[0].numpy())
-            texts.append(text[0].numpy())
-    return np.array(scores), np.array(images), np.array(texts)
+@pytest.fixture(scope="module")
+def inputs(web):
+    return web
 
 
 def read_scores(out: Path, name: str) -> dict:
@@ -126,14 +85,6 @@ def output_files(out: Path) -> dict[str, bytes]:
     files = sorted(out.glob("scores/*.parquet")) + sorted(out.glob("errors/*.jsonl")) + \
         [out / "levels.json", out / "scores_histogram.png"]
     return {str(p.relative_to(out)): p.read_bytes() for p in files}
-
-
-@pytest.fixture(scope="module")
-def reference(web):
-    """One uninterrupted run over the clean shards, with the settings of the subprocess runs."""
-    out = web["root"] / "reference"
-    assert score_main(cli_args(web, web["clean"], out)) == 0
-    return out
 
 
 # ------------------------------------------------------------------------------------------ what --data names
@@ -177,7 +128,7 @@ def test_shard_scores_equal_open_clip_with_embeddings_and_levels(web, tmp_path):
     summary = score_dataset(make_config(web, f"{web['clean']}/{{00000..00003}}.tar", out, embeddings=True))
     assert summary.records == summary.scored == SHARDS * PER_SHARD and summary.errors == {}
     keys = [f"{s:05d}{i:04d}" for s in range(SHARDS) for i in range(PER_SHARD)]
-    scores, images, texts = direct(web, [web["expected"][k] for k in keys])
+    scores, images, texts = open_clip_reference(web, [web["expected"][k] for k in keys])
     got = {k: [] for k in ("key", "score", "image_embedding", "text_embedding")}
     for s in range(SHARDS):
         for column, values in read_scores(out, f"{s:05d}").items():
@@ -217,8 +168,8 @@ def bad_shards(web, folder: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     first.append(sample(1))  # k0001 again, apart from the first
     first.append(("k0011", {"jpg": (images / pairs[0][0]).read_bytes(), "txt": b"  ",
                             "json": json.dumps({"caption": "in the json"}).encode()}))  # blank .txt
-    write_shard(folder / "00000.tar", first)
-    whole = write_shard(folder / "00001.tar", [sample(10 + i) for i in range(10)])
+    write_tar_shard(folder / "00000.tar", first)
+    whole = write_tar_shard(folder / "00001.tar", [sample(10 + i) for i in range(10)])
     data = whole.read_bytes()
     with tarfile.open(whole) as tar:
         seventh = [m for m in tar.getmembers() if m.name.startswith("k0016.")][0]
@@ -243,7 +194,7 @@ def test_bad_members_and_a_truncated_shard_are_errors_naming_shard_and_key(web, 
     first = read_scores(out, "00000")
     assert first["key"] == ["k0000", "k0001", "k0003", "k0006", "k0007", "k0008", "k0009"]
     assert read_scores(out, "00001")["key"] == [f"k{10 + i:04d}" for i in range(6)]  # the samples before the cut
-    scores, _, _ = direct(web, [web["pairs"][int(k[1:])] for k in first["key"]])
+    scores, _, _ = open_clip_reference(web, [web["pairs"][int(k[1:])] for k in first["key"]])
     np.testing.assert_allclose(first["score"], scores, atol=2e-6)
     assert summary.records == 12 + 7 and summary.scored == 13
     assert summary.errors == {"cannot decode image": 1, "duplicate key": 1, "empty caption": 2, "no image": 1,
@@ -318,13 +269,6 @@ def test_workers_give_the_bytes_of_a_run_without_workers(web, reference, tmp_pat
         assert output_files(shared) == output_files(reference)
 
 
-def run_cli(*args: str, **kw) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "aligngpt_plugin.score", *args], cwd=REPO, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
 def test_killed_run_resumes_at_the_next_shard_to_the_same_bytes(web, reference, tmp_path, capsys):
     out = tmp_path / "out"
     proc = run_cli(*cli_args(web, web["clean"], out, "--chunk-delay", "1.0"), start_new_session=True)
@@ -348,8 +292,7 @@ def test_two_ranks_with_gloo_split_shards_and_match_one_process(web, reference, 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "aligngpt_plugin.score", *cli_args(web, web["clean"], out, "--num-workers", "0")],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                       "OMP_NUM_THREADS": "1"},
+        cwd=REPO, env=child_env(),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x2 ranks" in proc.stdout and "this run: 20 images" in proc.stdout  # rank 0: shards 0 and 2

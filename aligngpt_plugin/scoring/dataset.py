@@ -1,12 +1,10 @@
-"""The data side of scoring: DataLoader workers read their chunks of the data file, decode the images of a
-batch in threads, preprocess them and tokenize the captions; a bad record becomes an error line, never an
-exception."""
+"""The data side of scoring: DataLoader workers take batch tasks (read once by the reader, sources.py),
+decode their images in threads, preprocess them and tokenize the captions; a bad record becomes an error
+line, never an exception."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +12,6 @@ import torch
 
 from aligngpt_plugin.scoring.config import ScoreConfig
 from aligngpt_plugin.scoring.decoding import prepare_encoded
-from aligngpt_plugin.scoring.records import InputPlan, caption_of, iter_records
-from aligngpt_plugin.scoring.records import record_problem as static_problem
-from aligngpt_plugin.scoring.shards import collate_prepared
 
 
 def load_image(path: Path):
@@ -43,63 +38,51 @@ def image_problem(path: Path, error: BaseException) -> str:
     return f"cannot decode image: {path}: {type(error).__name__}: {error}"
 
 
-class ChunkBatches(torch.utils.data.IterableDataset):
-    """Yields ready batches of the given chunks; worker w of n decodes every n-th batch of the run, so all
-    workers keep busy however few chunks there are. A batch says its chunk, its place in the chunk and
-    how many the chunk has, so the chunk's shard is written when the last of them arrives. A chunk's batches
-    depend only on the chunk, not on which worker made them.
+class PreparedBatches(torch.utils.data.Dataset):
+    """The workers' side: a batch task (sources.py) in, a ready batch out. Its images are decoded in
+    `decode_threads` threads (or their JPEG bytes passed on for the device), preprocessed, and its captions
+    tokenized in one call. Records come with the task, so a worker never reads the input itself.
 
-    Nothing raises for a bad record: its problem comes back in the batch's `errors`.
+    Nothing raises for a bad record: its problem comes back in the batch's `errors`. The batch says its unit,
+    its number in the unit and, on the unit's last batch, how many the unit has and the unit's facts.
     """
 
-    def __init__(self, plan: InputPlan, chunks: list[int], image_folder: str, preprocess, tokenize,
-                 config: ScoreConfig, send_jpeg: bool = False):
-        self.plan, self.chunks, self.folder = plan, chunks, Path(image_folder)
+    def __init__(self, preprocess, tokenize, config: ScoreConfig, send_jpeg: bool = False):
         self.send_jpeg = send_jpeg  # JPEG bytes go to the device undecoded (decoding.py)
-        self.preprocess, self.tokenize = preprocess, tokenize
-        self.batch_size, self.threads = config.batch_size, config.decode_threads
-        self.caption, self.caption_field = config.caption, config.caption_field
+        self.preprocess, self.tokenize, self.threads = preprocess, tokenize, config.decode_threads
+        self.folder = None if config.image_folder is None else Path(config.image_folder)  # JSON input
+        self._pool = None  # made in the process that uses it (each worker its own)
 
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        counter = 0  # the run's batch number: the same on every worker, which each reads every chunk's records
-        try:
-            for chunk in self.chunks:
-                items, errors = self._chunk_items(chunk)
-                batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
-                for b, batch_items in enumerate(batches):
-                    if counter % workers == worker:
-                        out = self._batch(batch_items, pool)
-                        out["chunk"], out["batch"], out["batches"] = chunk, b, len(batches)
-                        if b == 0:
-                            out["errors"] = errors + out["errors"]
-                        yield out
-                    counter += 1
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+    def __getitem__(self, task) -> dict[str, Any]:
+        if self._pool is None and self.threads > 1:
+            self._pool = ThreadPoolExecutor(self.threads)
+        items = task.items
+        prepare = self._prepare_record if self.folder is not None else self._prepare_sample
+        prepared = list(self._pool.map(prepare, items)) if self._pool is not None and len(items) > 1 else \
+            [prepare(item) for item in items]
+        if self.folder is not None:  # (index, id, image, caption)
+            batch = collate_prepared([(i[0], i[1]) for i in items], [i[3] for i in items], prepared, self.tokenize)
+            errors = [{"index": i[0], "id": i[1], "image": i[2], "error": p}
+                      for i, p in zip(items, prepared) if isinstance(p, str)]
+            batch["image_names"] = {i[0]: i[2] for i in items}  # for errors found on the device
+        else:  # shard samples
+            batch = collate_prepared([(s.position, s.key) for s in items], [s.caption for s in items], prepared,
+                                     self.tokenize)
+            errors = [{"position": s.position, "key": s.key, "error": p}
+                      for s, p in zip(items, prepared) if isinstance(p, str)]
+        batch.update(errors=task.errors + errors, unit=task.unit, number=task.number, last=task.last,
+                     batches=task.batches, facts=task.facts)
+        return batch
 
-    def _chunk_items(self, chunk: int) -> tuple[list[tuple[int, Any, str, str]], list[dict]]:
-        """The chunk's scorable records (index, id, image, caption) and the error lines of the others."""
-        span = self.plan.chunk_range(chunk)
-        records = islice(iter_records(self.plan.path, self.plan.chunk_offsets[chunk]), len(span))
-        items: list[tuple[int, Any, str, str]] = []
-        errors: list[dict] = []
-        for index, (_, record) in zip(span, records):
-            problem = static_problem(record, self.caption, self.caption_field)
-            if problem is None and index in self.plan.duplicates:
-                problem = f"duplicate id: first at record {self.plan.duplicates[index]}"
-            if problem is not None:
-                ident = record.get("id") if isinstance(record, dict) else None
-                image = record.get("image") if isinstance(record, dict) else None
-                errors.append({"index": index, "id": ident, "image": image, "error": problem})
-                continue
-            items.append((index, record["id"], record["image"], caption_of(record, self.caption, self.caption_field)))
-        return items, errors
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
-    def _prepare(self, item: tuple[int, Any, str, str]):
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}
+
+    def _prepare_record(self, item: tuple[int, Any, str, str]):
         path = self.folder / item[2]
         outside = path_outside(self.folder, item[2])
         if outside:
@@ -111,17 +94,32 @@ class ChunkBatches(torch.utils.data.IterableDataset):
         except Exception as e:  # any failure of one image is that record's error, never the run's
             return image_problem(path, e)
 
-    def _batch(self, items: list[tuple[int, Any, str, str]], pool) -> dict:
-        """Rows: ids (index, id) of the decoded items, with their pixels or JPEG bytes and tokens."""
-        prepared = list(pool.map(self._prepare, items)) if pool is not None and len(items) > 1 else \
-            [self._prepare(item) for item in items]
-        batch = collate_prepared([(item[0], item[1]) for item in items], [item[3] for item in items], prepared,
-                                 self.tokenize)
-        batch["errors"] = [{"index": item[0], "id": item[1], "image": item[2], "error": p}
-                           for item, p in zip(items, prepared) if isinstance(p, str)]
-        batch["image_names"] = {item[0]: item[2] for item in items}  # for errors found on the device
-        return batch
+    def _prepare_sample(self, sample):
+        try:
+            return prepare_encoded(sample.image, self.preprocess, self.send_jpeg)
+        except Exception as e:  # any failure of one image is that sample's error, never the run's
+            return f"cannot decode image: key {sample.key!r}: {type(e).__name__}: {e}"
 
 
 def collate_identity(batch):
+    return batch
+
+
+def collate_prepared(ids: list, captions: list[str], prepared: list, tokenize) -> dict[str, Any]:
+    """A batch from prepared images: ("pixels", tensor) decoded by the worker, ("encoded", bytes tensor) for
+    the device, or an error string (left out here; the caller lists it). Rows keep the items' order."""
+    good = [(i, c, p) for i, c, p in zip(ids, captions, prepared) if not isinstance(p, str)]
+    batch: dict[str, Any] = {"ids": [i for i, _, _ in good], "pixels": None, "tokens": None, "encoded": None,
+                             "encoded_rows": None, "pixel_rows": None}
+    if not good:
+        return batch
+    kinds = [p[0] for _, _, p in good]
+    pixel_rows = [r for r, k in enumerate(kinds) if k == "pixels"]
+    if pixel_rows:
+        batch["pixels"] = torch.stack([good[r][2][1] for r in pixel_rows])
+    if len(pixel_rows) < len(good):
+        batch["encoded_rows"] = [r for r, k in enumerate(kinds) if k == "encoded"]
+        batch["encoded"] = [good[r][2][1] for r in batch["encoded_rows"]]
+        batch["pixel_rows"] = pixel_rows
+    batch["tokens"] = tokenize([c for _, c, _ in good])
     return batch

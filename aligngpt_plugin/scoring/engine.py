@@ -3,17 +3,19 @@
 How a run goes:
 1. Plan: one streaming pass over the data file: sha256 of its bytes, record count, the byte offset of every
    chunk of `chunk_size` records, duplicate ids.
-2. Score: rank r of W takes chunks r, r+W, ... that have no shard yet. DataLoader workers share the
-   batches of those chunks (worker w of n takes every n-th), read them from the chunk's offset, decode the
-   images of a batch in parallel threads, preprocess them and tokenize the
+2. Score: rank r of W takes chunks r, r+W, ... that have no shard yet. A reader thread parses each of
+   those chunks once, from its offset, into batch tasks; DataLoader workers share the tasks (each task goes
+   to one worker), decode the images of a batch in parallel threads, preprocess them and tokenize the
    captions in one call; the main process runs CLIP under autocast. A finished chunk is written to
    `work/chunk_NNNNNN.jsonl` atomically (temporary file + os.replace), so a killed run loses at most the
    chunks in flight and a restart skips finished ones. A chunk's batches depend only on the chunk, so a
    resumed or sharded run computes the same numbers as one uninterrupted run.
-3. Merge (rank 0, after a barrier; or `merge_outputs` later): scores.jsonl, errors.jsonl, the dataset with
+3. Merge (rank 0, after a barrier; or `merge_only` later): scores.jsonl, errors.jsonl, the dataset with
    `align_level`, levels.json and the histogram, all written atomically.
 
-Webdataset shards (`shards.py`) go the same way with the input shard as the chunk: no planning pass (the
+Both kinds of input are a `Source` (sources.py: JSON chunks, webdataset shards) behind one scoring loop
+(`score_units`) and one merge. Webdataset shards go the same way with the input shard as the chunk: no
+planning pass (the
 shard's sha256 is taken while it is read), rank r of W takes shards r, r+W, ..., and a finished shard's
 outputs are scores/NAME.parquet, errors/NAME.jsonl and, last, work/shard_NAME.json, which marks it done.
 
@@ -38,7 +40,7 @@ import torch
 from aligngpt_plugin.core.fileio import write_json_atomic
 from aligngpt_plugin.scoring.backends import ClipScorer, load_scorer
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
-from aligngpt_plugin.scoring.dataset import ChunkBatches, collate_identity
+from aligngpt_plugin.scoring.dataset import PreparedBatches, collate_identity
 from aligngpt_plugin.scoring.decoding import (
     DevicePrefetcher,
     JpegDecoder,
@@ -53,110 +55,65 @@ from aligngpt_plugin.scoring.distributed import (
     from_environment,
     resolve_device,
 )
-from aligngpt_plugin.scoring.merge import merge_outputs, merge_shard_outputs
+from aligngpt_plugin.scoring.merge import merge_outputs
 from aligngpt_plugin.scoring.records import InputError, InputPlan, iter_records, plan_input
 from aligngpt_plugin.scoring.records import record_problem as static_problem
-from aligngpt_plugin.scoring.shards import ShardBatches, ShardPlan, plan_shards
-from aligngpt_plugin.scoring.work import (
-    prepare_shard_work_dir,
-    prepare_work_dir,
-    shard_outputs,
-    shard_path,
-    write_shard,
-    write_shard_outputs,
-)
+from aligngpt_plugin.scoring.shards import plan_shards
+from aligngpt_plugin.scoring.sources import ReadAhead, Source, source_of
+from aligngpt_plugin.scoring.work import prepare_shard_work_dir, prepare_work_dir
 
 
-def score_chunks(config: ScoreConfig, plan: InputPlan, scorer: ClipScorer, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
-    """Score this rank's unfinished chunks and write their shards. Returns (chunks, images) scored now and
-    the number of DataLoader workers used."""
-    todo = [c for c in range(rank, plan.num_chunks, world_size) if not shard_path(config.output_dir, c).is_file()]
+def score_units(config: ScoreConfig, source: Source, scorer: ClipScorer, device: torch.device,
+                rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
+    """Score this rank's unfinished units of `source` (chunks or shards) and write each one's outputs when its
+    last batch arrives. Returns the units and images scored now and the DataLoader workers used."""
+    todo = source.todo(rank, world_size)
     if not todo:
         return 0, 0, 0
     workers = default_workers() if config.num_workers < 0 else config.num_workers
-    batches = sum(-(-len(plan.chunk_range(c)) // config.batch_size) for c in todo)
-    workers = min(workers, batches)  # workers share batches, not chunks: one chunk keeps them all busy
+    batches = source.batches_in(todo)
+    if batches is not None:
+        workers = min(workers, batches)  # workers share batches, not units: one unit keeps them all busy
     decoder = _decoder(config, scorer, device, workers)
-    dataset = ChunkBatches(plan, todo, config.image_folder, scorer.preprocess, scorer.tokenize, config,
-                           send_jpeg=decoder is not None)
-    pending: dict[int, list[dict]] = {}
-    received: dict[int, int] = {}
-    total = sum(len(plan.chunk_range(c)) for c in todo)
-    bar = _progress(total, config.progress and rank == 0, f"scoring (rank 0 of {world_size})" if world_size > 1
-                    else "scoring")
-    chunks_done = images = 0
-    with _scoring_mode(config, device):
-        for batch in DevicePrefetcher(_loader(dataset, workers, device), device):
-            lines = pending.setdefault(batch["chunk"], [])
-            if batch["errors"] and config.strict:
-                first = batch["errors"][0]
-                raise ScoreError(f"record {first['index']} (id {first['id']!r}) of {config.data_path}: "
-                                 f"{first['error']}. Fix it, or run without --strict to list such records in "
-                                 "errors.jsonl and score the rest")
-            lines.extend(batch["errors"])
-            rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=False)
-            for (index, ident), reason in failed:
-                if config.strict:
-                    raise ScoreError(f"record {index} (id {ident!r}) of {config.data_path}: {reason}")
-                lines.append({"index": index, "id": ident, "image": batch["image_names"][index], "error": reason})
-            lines.extend({"index": index, "id": ident, "score": score} for (index, ident), score in rows)
-            images += len(rows)
-            bar.update(len(batch["ids"]) + len(batch["errors"]))
-            received[batch["chunk"]] = received.get(batch["chunk"], 0) + 1
-            if received[batch["chunk"]] == batch["batches"]:  # the chunk's last batch, from whichever worker
-                write_shard(shard_path(config.output_dir, batch["chunk"]), pending.pop(batch["chunk"]))
-                chunks_done += 1
-                if config.chunk_delay_s:
-                    time.sleep(config.chunk_delay_s)
-    bar.close()
-    return chunks_done, images, workers
-
-
-def score_shards(config: ScoreConfig, plan: ShardPlan, scorer: ClipScorer, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
-    """Score this rank's unfinished webdataset shards (r, r+W, ...) and write each one's outputs when its last
-    batch arrives. Returns (shards, images) scored now and the DataLoader workers used."""
-    todo = [(s, plan.urls[s]) for s in range(rank, plan.num_shards, world_size)
-            if not shard_outputs(config.output_dir, plan.names[s])["done"].is_file()]
-    if not todo:
-        return 0, 0, 0
-    workers = default_workers() if config.num_workers < 0 else config.num_workers
-    decoder = _decoder(config, scorer, device, workers)
-    dataset = ShardBatches(todo, scorer.preprocess, scorer.tokenize, config, send_jpeg=decoder is not None)
+    dataset = PreparedBatches(scorer.preprocess, scorer.tokenize, config, send_jpeg=decoder is not None)
+    reader = ReadAhead(source.tasks(todo))
     pending: dict[int, dict] = {}
-    bar = _progress(None, config.progress and rank == 0, f"scoring {len(todo)} shards" +
-                    (f" (rank 0 of {world_size})" if world_size > 1 else ""))
-    shards_done = images = 0
-    with _scoring_mode(config, device):
-        for batch in DevicePrefetcher(_loader(dataset, workers, device), device):
-            name = plan.names[batch["shard"]]
-            state = pending.setdefault(batch["shard"], {"scored": [], "errors": [], "received": 0, "batches": None})
-            if batch["errors"] and config.strict:
-                first = batch["errors"][0]
-                raise ScoreError(f"shard {name}, key {first['key']!r}: {first['error']}. Fix it, or run without "
-                                 "--strict to list such samples in errors/ and score the rest")
-            state["errors"].extend(batch["errors"])
-            rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=config.embeddings)
-            for (position, key), reason in failed:
-                if config.strict:
-                    raise ScoreError(f"shard {name}, key {key!r}: {reason}")
-                state["errors"].append({"position": position, "key": key, "error": reason})
-            state["scored"].extend((position, key, *values) for (position, key), *values in rows)
-            images += len(rows)
-            bar.update(len(batch["ids"]) + len(batch["errors"]))
-            state["received"] += 1
-            if batch["last"]:
-                state.update(batches=batch["batches"], sha256=batch["sha256"], bytes=batch["bytes"])
-            if state["received"] == state["batches"]:  # the shard's batches are all in, from whichever worker
-                write_shard_outputs(config, name, plan.urls[batch["shard"]], state["scored"], state["errors"],
-                                    state["sha256"], state["bytes"])
-                del pending[batch["shard"]]
-                shards_done += 1
-                if config.chunk_delay_s:
-                    time.sleep(config.chunk_delay_s)
-    bar.close()
-    return shards_done, images, workers
+    total = source.records_in(todo)
+    where = f"rank {rank} of {world_size}" if world_size > 1 else ""
+    desc = "scoring" if total is not None else f"scoring {len(todo)} {source.unit_name}s"
+    bar = _progress(total, config.progress and rank == 0, f"{desc} ({where})" if where else desc)
+    done = images = 0
+    try:
+        with _scoring_mode(config, device):
+            for batch in DevicePrefetcher(_loader(dataset, reader, workers, device), device):
+                unit = batch["unit"]
+                state = pending.setdefault(unit, {"rows": [], "errors": [], "received": 0, "batches": None})
+                if batch["errors"] and config.strict:
+                    raise ScoreError(source.problem(unit, batch["errors"][0], strict_hint=True))
+                state["errors"].extend(batch["errors"])
+                rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=config.embeddings)
+                for ident, reason in failed:
+                    line = source.error_line(batch, ident, reason)
+                    if config.strict:
+                        raise ScoreError(source.problem(unit, line, strict_hint=False))
+                    state["errors"].append(line)
+                state["rows"].extend(rows)
+                images += len(rows)
+                bar.update(len(batch["ids"]) + len(batch["errors"]))
+                state["received"] += 1
+                if batch["last"]:
+                    state.update(batches=batch["batches"], facts=batch["facts"])
+                if state["received"] == state["batches"]:  # the unit's batches are all in
+                    source.finish(unit, state["rows"], state["errors"], state["facts"])
+                    del pending[unit]
+                    done += 1
+                    if config.chunk_delay_s:
+                        time.sleep(config.chunk_delay_s)
+    finally:
+        reader.close()
+        dataset.close()
+        bar.close()
+    return done, images, workers
 
 
 def _decoder(config: ScoreConfig, scorer: ClipScorer, device: torch.device, workers: int) -> JpegDecoder | None:
@@ -168,10 +125,11 @@ def _decoder(config: ScoreConfig, scorer: ClipScorer, device: torch.device, work
     return JpegDecoder(device, resize_crop_of(scorer.preprocess)) if where == "device" else None
 
 
-def _loader(dataset, workers: int, device: torch.device):
+def _loader(dataset, tasks, workers: int, device: torch.device):
+    """Batches of `dataset` for the tasks, in the tasks' order; each task goes to one worker."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=workers, collate_fn=collate_identity, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        dataset, batch_size=None, sampler=tasks, num_workers=workers, collate_fn=collate_identity,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def _scoring_mode(config: ScoreConfig, device: torch.device):
@@ -253,13 +211,13 @@ def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> Scor
             prepare(config, plan, is_writer=False)
         if scorer is None:
             scorer = load_scorer(config.model, config.pretrained, device)
-        score = score_shards if shards else score_chunks
-        chunks, images, workers = score(config, plan, scorer, device, rank, world)
+        source = source_of(config, plan)
+        chunks, images, workers = score_units(config, source, scorer, device, rank, world)
         if owns_group or (world > 1 and config.rank is None):
             barrier(device)
         if rank != 0 or not config.merge or config.rank is not None:
             return None
-        summary = merge_shard_outputs(config, plan) if shards else merge_outputs(config, plan)
+        summary = merge_outputs(config, source)
         seconds = time.perf_counter() - started
         summary.chunks_scored_now, summary.images_scored_now, summary.workers = chunks, images, workers
         summary.seconds = round(seconds, 3)
@@ -278,11 +236,10 @@ def merge_only(config: ScoreConfig) -> ScoreSummary:
     if config.shard_input:
         plan = plan_shards(config.data_path)
         prepare_shard_work_dir(config, plan, is_writer=False)
-        summary = merge_shard_outputs(config, plan)
     else:
         plan = plan_input(config.data_path, config.chunk_size)
         prepare_work_dir(config, plan, is_writer=False)
-        summary = merge_outputs(config, plan)
+    summary = merge_outputs(config, source_of(config, plan))
     write_json_atomic(summary.outputs["summary"], asdict(summary), indent=1)
     return summary
 

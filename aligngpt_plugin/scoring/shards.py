@@ -13,9 +13,9 @@ levels.json). A shard that ends inside a member, or without tar's end-of-archive
 samples up to the cut are scored, the sample at the cut is an error naming the shard, the member and the
 byte, and the rest are lost.
 
-The shard is the unit of work: rank r of W takes shards r, r+W, ...; a DataLoader worker takes whole shards
-when there are at least as many as workers, else every worker reads every shard and decodes every n-th
-batch. A shard's batches depend only on the shard, so the outputs do not depend on ranks, workers or resumes.
+The shard is the unit of work: rank r of W takes shards r, r+W, ...; inside a rank one reader reads each
+shard once and the DataLoader workers share its batches (`sources.py` says why). A shard's batches depend
+only on the shard, so the outputs do not depend on ranks, workers or resumes.
 """
 
 from __future__ import annotations
@@ -24,17 +24,8 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
-
-from aligngpt_plugin.scoring.decoding import prepare_encoded
-
-if TYPE_CHECKING:
-    from aligngpt_plugin.scoring.config import ScoreConfig
 
 LIST_SUFFIXES = (".txt", ".list", ".shards")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -261,86 +252,3 @@ def _sample(position: int, key: str, members: dict[str, bytes], caption_field: s
         where = f"field {caption_field!r} of its .json" if caption_field else "a .txt member"
         sample.problem = f"empty caption: key {key!r} of shard {shard} has no text in {where}"
     return sample
-
-
-class ShardBatches(torch.utils.data.IterableDataset):
-    """Yields ready batches of the given shards (index into the plan, url). Each batch says its shard, its
-    number in the shard, and, on the shard's last one, how many the shard has, its sha256 and sample count."""
-
-    def __init__(self, shards: list[tuple[int, str]], preprocess, tokenize, config: ScoreConfig,
-                 send_jpeg: bool = False):
-        self.shards, self.preprocess, self.tokenize = shards, preprocess, tokenize
-        self.batch_size, self.threads, self.caption_field = config.batch_size, config.decode_threads, \
-            config.caption_field
-        self.send_jpeg = send_jpeg
-
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        whole_shards = len(self.shards) >= workers  # enough shards: each is read by one worker only
-        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        counter = 0  # the run's batch number, the same on every worker when they all read every shard
-        try:
-            for n, (shard, url) in enumerate(self.shards):
-                if whole_shards and n % workers != worker:
-                    continue
-                items: list[Sample] = []
-                errors: list[dict] = []
-                batch_no = 0
-                for sample in read_shard(url, self.caption_field):
-                    if isinstance(sample, dict):
-                        mine = whole_shards or counter % workers == worker
-                        if mine:
-                            out = self._batch(shard, batch_no, items, errors, pool)
-                            yield {**out, "last": True, "batches": batch_no + 1, **sample}
-                        counter += 1
-                        break
-                    if sample.problem is not None:
-                        errors.append({"position": sample.position, "key": sample.key, "error": sample.problem})
-                        continue
-                    items.append(sample)
-                    if len(items) == self.batch_size:
-                        if whole_shards or counter % workers == worker:
-                            yield self._batch(shard, batch_no, items, errors, pool)
-                        items, errors = [], []
-                        batch_no += 1
-                        counter += 1
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-
-    def _prepare(self, sample: Sample):
-        try:
-            return prepare_encoded(sample.image, self.preprocess, self.send_jpeg)
-        except Exception as e:  # any failure of one image is that sample's error, never the run's
-            return f"cannot decode image: key {sample.key!r}: {type(e).__name__}: {e}"
-
-    def _batch(self, shard: int, number: int, items: list[Sample], errors: list[dict], pool) -> dict[str, Any]:
-        prepared = list(pool.map(self._prepare, items)) if pool is not None and len(items) > 1 else \
-            [self._prepare(item) for item in items]
-        batch = collate_prepared([(s.position, s.key) for s in items], [s.caption for s in items], prepared,
-                                 self.tokenize)
-        batch["errors"] = errors + [{"position": s.position, "key": s.key, "error": p}
-                                    for s, p in zip(items, prepared) if isinstance(p, str)]
-        batch["shard"], batch["batch"], batch["last"] = shard, number, False
-        return batch
-
-
-def collate_prepared(ids: list, captions: list[str], prepared: list, tokenize) -> dict[str, Any]:
-    """A batch from prepared images: ("pixels", tensor) decoded by the worker, ("encoded", bytes tensor) for
-    the device, or an error string (left out here; the caller lists it). Rows keep the items' order."""
-    good = [(i, c, p) for i, c, p in zip(ids, captions, prepared) if not isinstance(p, str)]
-    batch: dict[str, Any] = {"ids": [i for i, _, _ in good], "pixels": None, "tokens": None, "encoded": None,
-                             "encoded_rows": None, "pixel_rows": None}
-    if not good:
-        return batch
-    kinds = [p[0] for _, _, p in good]
-    pixel_rows = [r for r, k in enumerate(kinds) if k == "pixels"]
-    if pixel_rows:
-        batch["pixels"] = torch.stack([good[r][2][1] for r in pixel_rows])
-    if len(pixel_rows) < len(good):
-        batch["encoded_rows"] = [r for r, k in enumerate(kinds) if k == "encoded"]
-        batch["encoded"] = [good[r][2][1] for r in batch["encoded_rows"]]
-        batch["pixel_rows"] = pixel_rows
-    batch["tokens"] = tokenize([c for _, c, _ in good])
-    return batch
