@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aligngpt_plugin"
-LAYERS = ("core", "integrations", "integrations/llava", "conversion", "scoring", "evaluation", "analysis", "devkit")
+LAYERS = ("core", "integrations", "integrations/llava", "integrations/hf", "conversion", "scoring", "evaluation",
+          "analysis", "devkit")
 
 
 def plugin(*layers: str) -> set[str]:
@@ -27,7 +28,9 @@ UPPER = plugin("conversion", "scoring", "evaluation", "analysis", "devkit")
 FORBIDDEN = {
     "core": {"llava", "transformers", "open_clip", "lmms_eval", "deepspeed.runtime"} | plugin(*LAYERS[1:]),
     "scoring": {"llava", "lmms_eval"} | plugin("integrations", "conversion", "evaluation", "analysis", "devkit"),
-    "integrations/llava": {"lmms_eval"} | UPPER,
+    "integrations/llava": {"lmms_eval"} | UPPER | plugin("integrations/hf"),
+    # transformers' own Llava only: no LLaVA code, no other integration
+    "integrations/hf": {"llava", "lmms_eval"} | UPPER | plugin("integrations/llava"),
     "conversion": {"lmms_eval"} | plugin("scoring", "evaluation", "analysis", "devkit"),
     "evaluation": plugin("scoring", "analysis", "devkit"),
     "analysis": {"lmms_eval"} | plugin("scoring", "evaluation", "devkit"),
@@ -78,7 +81,7 @@ def test_the_check_finds_a_forbidden_import_wherever_it_is(tmp_path, monkeypatch
     found = violations(fake, FORBIDDEN["core"])
     assert found == ["aligngpt_plugin/core/lazy.py imports llava.model",
                      "aligngpt_plugin/core/lazy.py imports llava.model.builder",
-                     "aligngpt_plugin/core/parent.py imports aligngpt_plugin.integrations.llava",
+                     "aligngpt_plugin/core/parent.py imports aligngpt_plugin.integrations",
                      "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integrations.llava",
                      "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integrations.llava.model"]
 

@@ -45,8 +45,8 @@ def test_wheel_does_not_depend_on_llava_torch(wheel):
 
 def test_wheel_ships_every_layer_and_its_data(wheel):
     names = set(wheel.namelist())
-    for layer in ("core", "integrations", "integrations/llava", "conversion", "scoring", "evaluation", "analysis",
-                  "devkit"):
+    for layer in ("core", "integrations", "integrations/llava", "integrations/hf", "conversion", "scoring",
+                  "evaluation", "analysis", "devkit"):
         assert f"aligngpt_plugin/{layer}/__init__.py" in names, layer
     for data in ("evaluation/benchmarks.json", "deepspeed_configs/zero3.json"):
         assert f"aligngpt_plugin/{data}" in names, data

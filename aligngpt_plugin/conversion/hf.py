@@ -1,0 +1,203 @@
+"""LLaVA-original checkpoints (this plugin's AlignGPT, or plain LLaVA) -> HF-native folders.
+
+    aligngpt-convert to-hf checkpoints/aligngpt-7b runs/aligngpt-7b-hf      # CLI (aligngpt_plugin.convert)
+    from aligngpt_plugin.conversion.hf import llava_to_hf
+    llava_to_hf("checkpoints/aligngpt-7b", "runs/aligngpt-7b-hf")
+
+Key mapping (transformers' `convert_llava_weights_to_hf.py`, in the `LlavaForConditionalGeneration` layout
+of transformers >= 4.52):
+
+    model.vision_tower.vision_tower.vision_model.*  -> model.vision_tower.vision_model.*
+    model.mm_projector.0.* / .2.*                  -> model.multi_modal_projector.linear_1.* / linear_2.*
+    model.alignment.*                              -> model.alignment.*        (AlignGPT only)
+    model.* (the LLM)                               -> model.language_model.*
+    lm_head.*                                       -> lm_head.*
+
+The vocabulary grows by `<image>` (the id transformers' Llava replaces by image features) and `<pad>`, as
+transformers' converter grows it for llava-hf, and, for AlignGPT, by `<align>`; the new rows of the
+embedding and the LM head are the mean of the old rows (transformers' converter adds noise to the mean; a
+fixed value keeps the conversion reproducible: these rows are replaced in the forward and never decoded).
+LLaVA-original checkpoints usually hold no CLIP weights (LLaVA builds the tower from `mm_vision_tower`):
+they are read from that folder or hub id (or `--vision-tower`).
+
+Streams: one input weight file open at a time, one output file per input file, resumable in DST.partial/.
+A released-layout checkpoint goes through `aligngpt-convert to-plugin` first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from aligngpt_plugin.conversion.streaming import (
+    ConversionError,
+    open_weights,
+    partial_folder,
+    resolve,
+    source_stamp,
+    tensor_infos,
+    weight_files,
+)
+from aligngpt_plugin.core.fileio import atomic_path, write_json_atomic
+
+IMAGE_TOKEN, PAD_TOKEN, ALIGN_TOKEN = "<image>", "<pad>", "<align>"
+# The chat template of the llava-hf Vicuna checkpoints (llava-1.5-*-hf): "USER: <image>\n... ASSISTANT:"
+VICUNA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+TO_HF = (
+    (r"^model\.vision_tower\.vision_tower\.", "model.vision_tower."),
+    (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
+    (r"^model\.mm_projector\.2\.", "model.multi_modal_projector.linear_2."),
+    (r"^model\.alignment\.", "model.alignment."),
+    (r"^model\.", "model.language_model."),
+    (r"^lm_head\.", "lm_head."),
+)
+VOCAB_KEYS = ("model.embed_tokens.weight", "lm_head.weight")  # LLaVA-original names of the rows that grow
+
+
+def rename(key: str, table) -> str:
+    """The first matching rule of `table` applied to `key` (ConversionError if none matches)."""
+    for pattern, repl in table:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key, count=1)
+    raise ConversionError(f"weight {key!r} has no place in the other layout")
+
+
+def grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` [V, H] with `rows - V` rows appended, each the mean of the existing rows: [rows, H]."""
+    extra = rows - weight.shape[0]
+    if extra <= 0:
+        return weight
+    mean = weight.float().mean(0, keepdim=True).to(weight.dtype)
+    return torch.cat([weight, mean.expand(extra, -1)], dim=0)
+
+
+def _vision_weights(tower: Path) -> tuple[dict, list[Path]]:
+    """The CLIP vision config and weight files of a CLIP folder (a CLIPModel or CLIPVisionModel)."""
+    config = json.loads((tower / "config.json").read_text())
+    vision = config.get("vision_config", config)
+    vision = {k: v for k, v in vision.items() if k not in ("architectures", "transformers_version")}
+    vision["model_type"] = "clip_vision_model"
+    return vision, weight_files(tower)
+
+
+def _hf_config(config: dict, vision: dict, vocab: int, ids: dict[str, int], aligngpt: bool) -> dict:
+    strategy = {"patch": "default", "cls_patch": "full"}.get(config.get("mm_vision_select_feature", "patch"))
+    projector = config.get("mm_projector_type", "mlp2x_gelu")
+    if strategy is None or projector != "mlp2x_gelu":
+        raise ConversionError(f"mm_projector_type={projector!r}, mm_vision_select_feature="
+                              f"{config.get('mm_vision_select_feature')!r}: transformers' Llava has the 2-layer GELU "
+                              "projector (mlp2x_gelu) and patch or cls_patch features only")
+    text = {k: v for k, v in config.items() if not k.startswith(("mm_", "tune_mm", "tokenizer_", "alignment"))
+            and k not in ("architectures", "model_type", "transformers_version", "image_aspect_ratio",
+                          "freeze_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "image_grid_pinpoints",
+                          "auto_map")}
+    text.update(model_type="llama" if config.get("model_type") in ("aligngpt_llava", "llava_llama", "llama")
+                else "mistral", vocab_size=vocab, pad_token_id=ids[PAD_TOKEN])
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    out = {"model_type": "llava_aligngpt" if aligngpt else "llava",
+           "architectures": ["AlignGPTLlavaForConditionalGeneration" if aligngpt else "LlavaForConditionalGeneration"],
+           "text_config": text, "vision_config": vision, "image_token_index": ids[IMAGE_TOKEN],
+           "image_seq_length": tokens if strategy == "default" else tokens + 1,
+           "projector_hidden_act": "gelu", "vision_feature_select_strategy": strategy,
+           "vision_feature_layer": config.get("mm_vision_select_layer", -2), "multimodal_projector_bias": True,
+           "tie_word_embeddings": False, "pad_token_id": ids[PAD_TOKEN]}
+    if aligngpt:
+        out.update(alignment=config["alignment"], alignment_token_id=ids[ALIGN_TOKEN],
+                   alignment_stage="pretrain" if config.get("tune_mm_mlp_adapter") else "finetune")
+    return out
+
+
+def _processor(src: Path, tower: Path, work: Path, vision: dict, strategy: str, aligngpt: bool) -> dict[str, int]:
+    """Tokenizer with the new tokens and the processor, saved in `work`; the ids of the new tokens."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(src, use_fast=False)
+    new = [IMAGE_TOKEN, PAD_TOKEN] + ([ALIGN_TOKEN] if aligngpt else [])
+    tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != PAD_TOKEN],
+                                  "pad_token": PAD_TOKEN})
+    image_processor = CLIPImageProcessor.from_pretrained(tower)
+    # CLIP's CLS token counts in the processor's expansion, as llava-hf's processors set it
+    kwargs = dict(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision["patch_size"],
+                  vision_feature_select_strategy=strategy, chat_template=VICUNA_CHAT_TEMPLATE,
+                  num_additional_image_tokens=1)
+    if aligngpt:
+        from aligngpt_plugin.integrations.hf.processing_aligngpt import AlignGPTLlavaProcessor
+
+        processor = AlignGPTLlavaProcessor(alignment_token=ALIGN_TOKEN, **kwargs)
+    else:
+        processor = LlavaProcessor(**kwargs)
+    processor.save_pretrained(work)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in new}
+
+
+def llava_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = None) -> Path:
+    """Convert a LLaVA-original checkpoint folder (AlignGPT or plain LLaVA, Llama or Mistral) to HF-native.
+
+    Args:
+        src: the checkpoint folder (config.json with `mm_vision_tower`, weights, tokenizer).
+        dst: the output folder (must not exist; DST.partial/ of a killed run is continued).
+        vision_tower: a CLIP folder or hub id to read the tower from, instead of the config's `mm_vision_tower`.
+    Returns:
+        `dst`, loadable with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.
+    """
+    src, dst = Path(src), Path(dst)
+    config = json.loads((src / "config.json").read_text())
+    aligngpt = "alignment" in config
+    tower_id = vision_tower or config.get("mm_vision_tower")
+    if not tower_id:
+        raise ConversionError(f"{src}/config.json names no mm_vision_tower; give --vision-tower")
+    tower = resolve(tower_id)
+    vision, tower_files = _vision_weights(tower)
+    files = weight_files(src)
+    if not files:
+        raise ConversionError(f"{src} holds no .safetensors or .bin weights")
+    infos = tensor_infos(files)
+    plan = {"direction": "to-hf", "sources": source_stamp(files + tower_files)}
+    with partial_folder(dst, plan) as work:
+        strategy = {"patch": "default", "cls_patch": "full"}.get(config.get("mm_vision_select_feature", "patch"),
+                                                                 "default")
+        ids = _processor(src, tower, work, vision, strategy, aligngpt)
+        vocab = max(max(ids.values()) + 1, infos["lm_head.weight"].shape[0])
+        hf_config = _hf_config(config, vision, vocab, ids, aligngpt)
+        weight_map = {}
+        for i, path in enumerate(files, 1):
+            name = f"model-{i:05d}-of-{len(files) + 1:05d}.safetensors"
+            with open_weights(path) as state:
+                keys = [k for k in state if not k.startswith("model.vision_tower.")]  # the tower comes from CLIP
+                if not (work / name).is_file():
+                    tensors = {rename(k, TO_HF): grow_rows(state[k], vocab) if k in VOCAB_KEYS else
+                               state[k].contiguous() for k in keys}
+                    with atomic_path(work / name) as tmp:
+                        save_file(tensors, str(tmp), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys((rename(k, TO_HF) for k in keys), name))
+        name = f"model-{len(files) + 1:05d}-of-{len(files) + 1:05d}.safetensors"
+        vision_keys = {}
+        for path in tower_files:
+            with open_weights(path) as state:
+                vision_keys.update({f"model.vision_tower.{k}": state[k].contiguous() for k in state
+                                    if k.startswith("vision_model.")})
+        if not vision_keys:
+            raise ConversionError(f"{tower} holds no CLIP vision weights (vision_model.*)")
+        if not (work / name).is_file():
+            with atomic_path(work / name) as tmp:
+                save_file(vision_keys, str(tmp), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(vision_keys, name))
+        write_json_atomic(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(
+            weight_map.items()))})
+        write_json_atomic(work / "config.json", hf_config)
+        if (src / "generation_config.json").is_file():
+            write_json_atomic(work / "generation_config.json",
+                              json.loads((src / "generation_config.json").read_text()))
+    return dst
