@@ -302,8 +302,9 @@ def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretrainin
     """The demo's path: the fixture's transformers CLIP (auto-detected folder) on the fixture captions."""
     import open_clip
     import torch
+    import transformers
     from PIL import Image
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
     from aligngpt_plugin.integrations.llava.data import record_level
 
@@ -319,7 +320,9 @@ def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretrainin
     assert len(scores) == len(records)
 
     model = CLIPModel.from_pretrained(tiny.clip).eval()
-    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
+    # the PIL processor, whose pixels are 4.x's on every line (test_scoring_pixels.py holds them to a record)
+    processor = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor).from_pretrained(
+        tiny.clip)
     tokenizer = open_clip.SimpleTokenizer(context_length=model.config.text_config.max_position_embeddings)
     with torch.no_grad():
         for record, score in list(zip(records, scores))[:4]:

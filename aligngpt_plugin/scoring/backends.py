@@ -10,8 +10,9 @@ Model names:
 - a path to an open_clip model config JSON (`{"embed_dim", "vision_cfg", "text_cfg"}`), registered under
   its file stem, with `pretrained` a local checkpoint file (or none: random weights, for tests);
 - `hf:PATH`, or a folder holding a transformers `config.json` of a CLIPModel: transformers' CLIP (the
-  vision tower LLaVA loads), with its image processor; its tokenizer when the folder has one, else
-  open_clip's, which is the same BPE vocabulary as OpenAI's CLIP.
+  vision tower LLaVA loads), with its image processor's settings applied by the PIL implementation (the
+  same pixels on transformers 4.x and 5.x); its tokenizer when the folder has one, else open_clip's, which
+  is the same BPE vocabulary as OpenAI's CLIP.
 """
 
 from __future__ import annotations
@@ -199,13 +200,28 @@ class _HFTokenizing:
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
+def pil_clip_image_processor():
+    """The PIL/numpy CLIP image processor: `CLIPImageProcessorPil` on transformers 5, `CLIPImageProcessor`
+    on 4.x, where it is that implementation. transformers 5's `CLIPImageProcessor` resizes with torchvision,
+    which gives other pixels (hence other scores and level edges) for the same images; the PIL one gives 4.x's
+    pixels on both lines (the same fix as patches/clip_image_processor_backend.py makes for LLaVA's tower)."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+def transformers_preprocess(folder: str | Path) -> _HFImageProcessing:
+    """PIL image -> float pixels [3, H, W] with the folder's preprocessor_config.json, by the PIL processor."""
+    return _HFImageProcessing(pil_clip_image_processor().from_pretrained(folder))
+
+
 def _load_transformers(folder: Path, device) -> ClipScorer:
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
     if not (folder / "config.json").is_file():
         raise ValueError(f"hf:{folder}: no transformers config.json there; give a CLIPModel folder")
     net = CLIPModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
-    preprocess = _HFImageProcessing(CLIPImageProcessor.from_pretrained(folder))
+    preprocess = transformers_preprocess(folder)
     context = net.config.text_config.max_position_embeddings
     has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json"))
     if has_tokenizer:
