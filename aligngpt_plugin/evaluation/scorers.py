@@ -267,7 +267,19 @@ def submit_mmbench_cn(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> di
 # --- GPT-judged --------------------------------------------------------------------------------------
 
 def gpt_llava_w(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
-    return {"score": None, "count": len(read_jsonl(answers)), "files": {"answers": str(answers)},
+    """The answers for LLaVA's GPT-4 judge, checked to be one per question in questions.jsonl's order:
+    eval_gpt_review_bench.py pairs the two files line by line (zip, no id check), so any other order would
+    have each answer judged against another question."""
+    rows = read_jsonl(answers)
+    asked = [q["question_id"] for q in read_jsonl(eval_dir / "llava-bench-in-the-wild/questions.jsonl")]
+    given = [r["question_id"] for r in rows]
+    if given != asked:
+        first = next((n for n, (a, g) in enumerate(zip(asked, given)) if a != g), min(len(asked), len(given)))
+        raise AnswersError(f"{answers}: LLaVA's eval_gpt_review_bench.py pairs answers with questions.jsonl by "
+                           f"line, but line {first + 1} answers {given[first] if first < len(given) else 'nothing'!r}"
+                           f" where question {asked[first] if first < len(asked) else 'none'!r} is asked "
+                           f"({len(given)} answers, {len(asked)} questions); rerun eval/llava_w.sh")
+    return {"score": None, "count": len(rows), "files": {"answers": str(answers)},
             "note": "LLaVA-Bench is judged by GPT-4: run LLaVA's llava/eval/eval_gpt_review_bench.py with an "
                     "OpenAI key on these answers, then llava/eval/summarize_gpt_review.py"}
 
