@@ -1,7 +1,7 @@
 # Shared settings for the reproduction scripts; sourced by pretrain.sh, finetune.sh, finetune_lora.sh,
 # finetune_qlora.sh and ablation.sh, never run by itself.
 #
-# Every setting is an environment variable with a default (the paper's setup, METHOD.md section 5):
+# Every setting is an environment variable with a default (the paper's setup, docs/method.md#training-recipe):
 #
 #   MODEL_SIZE=7b            7b or 13b: picks lmsys/vicuna-{7b,13b}-v1.5 (LLaVA-1.5 13B uses the same recipe)
 #   LLM=...                  the base LLM (hub id or folder); default from MODEL_SIZE

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 2, AlignGPT instruction tuning (METHOD.md section 5): the gate, the projector and the whole LLM
+# Stage 2, AlignGPT instruction tuning (docs/method.md#training-recipe): the gate, the projector and the whole LLM
 # train on llava_v1_5_mix665k, starting from stage 1's projector and levels (levels frozen). ZeRO-3.
 #
 #   bash scripts/finetune.sh                                  # 7B, after scripts/pretrain.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 1, AlignGPT pre-training (METHOD.md section 5): the projector and the level embeddings train on
+# Stage 1, AlignGPT pre-training (docs/method.md#training-recipe): the projector and the level embeddings train on
 # the 558K LCS caption pairs, each with its alignment level; everything else is frozen. ZeRO-2.
 #
 #   bash scripts/pretrain.sh                                  # 7B, every visible GPU of this node

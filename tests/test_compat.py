@@ -25,7 +25,7 @@ MEASURED = ["4.57.6", "5.0.0", "5.5.4", "5.10.4", "5.14.1", "5.17.0", "5.24.0"]
 
 @pytest.mark.parametrize("version", MEASURED)
 def test_measured_good_releases_pass_without_a_warning(monkeypatch, version):
-    """The releases the suite (or its transformers-bound part) ran on with patches/ (README, Tested versions)."""
+    """The releases the suite (or its transformers-bound part) ran on with patches/ (README.md#tested-versions)."""
     monkeypatch.setattr(compat, "transformers_version", lambda: Version(version))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -1,4 +1,4 @@
-"""The package's layers and what each may import (README, "Layout"): checked on every module's imports.
+"""The package's layers and what each may import (docs/internals.md#layers): checked on every module's imports.
 
 A static check, as import-linter does: every `import` and `from ... import` in a layer's files, also those
 inside functions (lazy imports are imports too). Plus one run-time check that the core and the scoring

@@ -59,9 +59,9 @@ def global_batch(flags: dict[str, str], processes: int) -> int:
     return (int(flags["--per_device_train_batch_size"]) * int(flags["--gradient_accumulation_steps"]) * processes)
 
 
-# ---- the commands: METHOD.md section 5, without running anything ------------------------------------
+# ---- the commands: docs/method.md#training-recipe, without running anything ------------------------------------
 
-RECIPE = {  # script -> flags every run must carry (METHOD.md section 5, LLaVA-1.5's scripts)
+RECIPE = {  # script -> flags every run must carry (docs/method.md#training-recipe, LLaVA-1.5's scripts)
     "pretrain.sh": {"--version": "plain", "--tune_mm_mlp_adapter": "True", "--learning_rate": "1e-3",
                     "--deepspeed": "zero2.json"},
     "finetune.sh": {"--version": "v1", "--learning_rate": "2e-5", "--image_aspect_ratio": "pad",

@@ -1,6 +1,6 @@
 """The released AlignGPT checkpoints in this plugin's layout, and back (`aligngpt-convert`'s API).
 
-Released layout (METHOD.md section 6; the public code's `AlignGPTForCausalLM` holds the projector, the
+Released layout (docs/method.md#released-checkpoints; the public code's `AlignGPTForCausalLM` holds the projector, the
 level table and the gate itself, so their keys are at the top of the state dict): `mm_projector.*`,
 `align_indicators.indicator_embs` [8, hidden], `gated_weight_layer.mlp.{0,2}.*`, the Llama under `model.*`,
 `lm_head.weight`, and in full checkpoints the CLIP tower under `vision_tower.vision_tower.*` (and, from
@@ -155,7 +155,7 @@ def unknown_keys(keys, source: str, released: bool) -> None:
     if bad:
         layout = "released AlignGPT" if released else "plugin"
         raise ConversionError(f"{source}: {len(bad)} weights are not part of the {layout} layout "
-                              f"(METHOD.md section 6), e.g. {bad[:3]}")
+                              f"(docs/method.md#released-checkpoints), e.g. {bad[:3]}")
 
 
 def public_form(alignment: AlignmentConfig, source: str) -> None:

@@ -1,4 +1,4 @@
-"""AlignGPT's alignment levels and gate, in plain torch (METHOD.md section 2). Knows nothing of LLaVA.
+"""AlignGPT's alignment levels and gate, in plain torch (docs/method.md#the-gate). Knows nothing of LLaVA.
 
 - Pre-training: the alignment token of a sample is the embedding of its CLIP level, `E[level]`.
 - Instruction tuning: a gate reads the image tokens against the mean text embedding and gives softmax

@@ -1,7 +1,7 @@
 """Alignment levels from CLIP scores: equal-count quantile edges, applying edges, `levels.json`.
 
 A level is the number of edges at or below a score: with edges e_1 < ... < e_{N-1}, level 0 holds scores
-below e_1 and level N-1 scores at or above e_{N-1}; 0 is the lowest similarity (METHOD.md section 1).
+below e_1 and level N-1 scores at or above e_{N-1}; 0 is the lowest similarity (docs/method.md#alignment-levels).
 Edges are scores taken from the data at the quantile positions, so equal scores always share a level
 (deterministic on ties, whatever the input order) and applying the edges back to the same scores gives
 the same levels. With distinct scores the levels hold equal counts (they differ by at most one).

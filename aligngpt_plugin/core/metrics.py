@@ -1,4 +1,4 @@
-"""Patch-level alignment and compression metrics (METHOD.md section 3), in plain torch.
+"""Patch-level alignment and compression metrics (docs/method.md#patch-aligned-pre-training), in plain torch.
 
 - `nearest_words`: the top-k entries of a word-embedding table by cosine to each patch embedding;
   `label_precision` scores them against the tokens of each patch's labelled phrases.

@@ -1,4 +1,4 @@
-"""The patch-alignment loss (METHOD.md section 3), in plain torch. Knows nothing of LLaVA.
+"""The patch-alignment loss (docs/method.md#patch-aligned-pre-training), in plain torch. Knows nothing of LLaVA.
 
 Each labelled patch is pulled towards the word embeddings of the phrases it shows:
 

@@ -1,6 +1,6 @@
 """LLaVA-1.5's two training stages and its answer-file eval, as command lines, for the demo and tests.
 
-The arguments mirror LLaVA's `scripts/v1_5/pretrain.sh` and `finetune.sh` (METHOD.md section 5) with
+The arguments mirror LLaVA's `scripts/v1_5/pretrain.sh` and `finetune.sh` (docs/method.md#training-recipe) with
 the sizes scaled down; `bf16`, `tf32` and DeepSpeed are left to GPU runs. Each stage runs in its own
 process, as with LLaVA's scripts: LLaVA's `train()` keeps module-level state (the conversation
 template, the rank) that must not leak from one stage into the next.

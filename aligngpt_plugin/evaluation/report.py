@@ -8,7 +8,7 @@ from pathlib import Path
 from aligngpt_plugin.core.fileio import write_text_atomic
 from aligngpt_plugin.evaluation.benchmarks import BENCHMARKS
 
-# METHOD.md section 4 (AlignGPT paper / project README; LLaVA model zoo). LLaVA-1.5's SEED is SEED-all.
+# docs/method.md#published-numbers (AlignGPT paper / project README; LLaVA model zoo). LLaVA-1.5's SEED is SEED-all.
 PAPER: dict[str, dict[str, float]] = {
     "AlignGPT-7B (paper)": dict(zip(BENCHMARKS, (79.1, 62.9, 54.2, 68.5, 58.4, 86.0, 1527.4, 67.3, 59.9, 66.5,
                                                  68.4, 30.8))),

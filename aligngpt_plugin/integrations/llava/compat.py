@@ -20,7 +20,7 @@ INSTALL_HINT = (
     "(its metadata pins 2024 releases that cannot install today; the plugin declares what it really needs)"
 )
 # The transformers releases the plugin is measured on. The whole suite runs on 4.57.6, 5.17.0 and 5.24.0; its
-# transformers-bound part also on 5.0.0, 5.5.4, 5.10.4 and 5.14.1 (README, "Tested versions"). A release in
+# transformers-bound part also on 5.0.0, 5.5.4, 5.10.4 and 5.14.1 (README.md#tested-versions). A release in
 # neither range (4.37-4.56, or newer than 5.24) gets a warning: nobody has seen LLaVA train right on it.
 TESTED: tuple[str, ...] = ("==4.57.*", ">=5.0,<5.25")
 TESTED_LINES = "4.57.x or 5.0-5.24 (the whole suite runs on 4.57.6, 5.17.0 and 5.24.0)"

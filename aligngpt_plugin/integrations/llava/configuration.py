@@ -10,7 +10,7 @@ works for this plugin's checkpoints, on every backbone it supports (Llama: `alig
 an AlignGPT config is built (which is what `from_pretrained` does before it looks the class up), so
 importing the package stays light and works where llava is not installed (scoring, evaluation reports).
 
-The released checkpoints (`model_type: "aligngpt"`, METHOD.md section 6) have another layout; their
+The released checkpoints (`model_type: "aligngpt"`, docs/method.md#released-checkpoints) have another layout; their
 config type is registered too, so that loading one directly says how to convert it instead of
 transformers' "unrecognized model type".
 """

@@ -15,7 +15,7 @@ their token in LLaVA's sequence:
 - position ids follow the attention mask, as LLaVA computes them;
 - LLaVA truncates to `tokenizer_model_max_length - 1`, so the token always fits.
 
-Stage (METHOD.md section 2) comes from LLaVA's own config flag: with `tune_mm_mlp_adapter` the token is
+Stage (docs/method.md#two-stages) comes from LLaVA's own config flag: with `tune_mm_mlp_adapter` the token is
 `E[level]` of each sample (pre-training), otherwise the gate's combination (instruction tuning and
 inference; `generate` runs the gate on the prompt at prefill and reuses the KV cache after).
 """
