@@ -23,18 +23,26 @@ def plugin(*layers: str) -> set[str]:
     return {f"aligngpt_plugin.{layer.replace('/', '.')}" for layer in layers}
 
 
+# The commands sit on top of every layer; `patches/` (fixes to LLaVA) is applied by the LLaVA integration only.
+COMMANDS = plugin("analyze", "convert", "demo", "evaluate", "fixtures", "llava_eval", "lora", "score", "train")
+PATCHES = plugin("patches")
+
 # layer -> what it must not import (a module, or anything under it)
-UPPER = plugin("conversion", "scoring", "evaluation", "analysis", "devkit")
+UPPER = plugin("conversion", "scoring", "evaluation", "analysis", "devkit") | COMMANDS
 FORBIDDEN = {
-    "core": {"llava", "transformers", "open_clip", "lmms_eval", "deepspeed.runtime"} | plugin(*LAYERS[1:]),
-    "scoring": {"llava", "lmms_eval"} | plugin("integrations", "conversion", "evaluation", "analysis", "devkit"),
+    "core": {"llava", "transformers", "open_clip", "lmms_eval", "deepspeed.runtime"} | plugin(*LAYERS[1:])
+    | COMMANDS | PATCHES,
+    "scoring": {"llava", "lmms_eval"} | plugin("integrations", "conversion", "evaluation", "analysis", "devkit")
+    | COMMANDS | PATCHES,
     "integrations/llava": {"lmms_eval"} | UPPER | plugin("integrations/hf"),
-    # transformers' own Llava only: no LLaVA code, no other integration
-    "integrations/hf": {"llava", "lmms_eval"} | UPPER | plugin("integrations/llava"),
-    "conversion": {"lmms_eval"} | plugin("scoring", "evaluation", "analysis", "devkit"),
-    "evaluation": plugin("scoring", "analysis", "devkit"),
-    "analysis": {"lmms_eval"} | plugin("scoring", "evaluation", "devkit"),
+    # transformers' own Llava only: no LLaVA code, no other integration, no fix to LLaVA
+    "integrations/hf": {"llava", "lmms_eval"} | UPPER | plugin("integrations/llava") | PATCHES,
+    "conversion": {"lmms_eval"} | plugin("scoring", "evaluation", "analysis", "devkit") | COMMANDS,
+    "evaluation": plugin("scoring", "analysis", "devkit") | COMMANDS,
+    "analysis": {"lmms_eval"} | plugin("scoring", "evaluation", "devkit") | COMMANDS,
 }
+
+DYNAMIC_IMPORTS = ("import_module", "__import__")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -52,6 +60,11 @@ def imported_modules(path: Path) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            # importlib.import_module("x") / import_module("x") / __import__("x"): imports too
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in DYNAMIC_IMPORTS and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
     return found
 
 
@@ -77,9 +90,19 @@ def test_the_check_finds_a_forbidden_import_wherever_it_is(tmp_path, monkeypatch
     (fake / "lazy.py").write_text("def f():\n    from llava.model import builder\n")
     (fake / "relative.py").write_text("from ..integrations.llava import model\n")
     (fake / "parent.py").write_text("from aligngpt_plugin import integrations\n")
+    (fake / "dynamic.py").write_text("import importlib\nimportlib.import_module('transformers')\n"
+                                     "__import__('aligngpt_plugin.scoring.engine')\n")
+    (fake / "fixes.py").write_text("from aligngpt_plugin.patches import slow_tokenizer_class\n")
+    (fake / "command.py").write_text("def f():\n    from aligngpt_plugin.train import main\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "aligngpt_plugin")
     found = violations(fake, FORBIDDEN["core"])
-    assert found == ["aligngpt_plugin/core/lazy.py imports llava.model",
+    assert found == ["aligngpt_plugin/core/command.py imports aligngpt_plugin.train",
+                     "aligngpt_plugin/core/command.py imports aligngpt_plugin.train.main",
+                     "aligngpt_plugin/core/dynamic.py imports aligngpt_plugin.scoring.engine",
+                     "aligngpt_plugin/core/dynamic.py imports transformers",
+                     "aligngpt_plugin/core/fixes.py imports aligngpt_plugin.patches",
+                     "aligngpt_plugin/core/fixes.py imports aligngpt_plugin.patches.slow_tokenizer_class",
+                     "aligngpt_plugin/core/lazy.py imports llava.model",
                      "aligngpt_plugin/core/lazy.py imports llava.model.builder",
                      "aligngpt_plugin/core/parent.py imports aligngpt_plugin.integrations",
                      "aligngpt_plugin/core/relative.py imports aligngpt_plugin.integrations.llava",
@@ -101,13 +124,23 @@ def test_top_level_modules_are_the_commands():
         assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), name
 
 
-def test_core_and_scoring_load_without_llava():
-    """(`import aligngpt_plugin` registers the config types with transformers, which needs no llava.)"""
+def test_core_and_scoring_load_without_transformers_llava_or_an_integration():
+    """At run time too: the package's `__init__` registers the AlignGPT types only once transformers is imported
+    (by the process, for its own reasons), so the core and the scoring library load alone."""
     code = ("import sys\n"
             "import aligngpt_plugin.core.alignment, aligngpt_plugin.core.level_edges, aligngpt_plugin.core.patch_loss\n"
             "import aligngpt_plugin.core.patch_geometry, aligngpt_plugin.core.metrics, aligngpt_plugin.core.fileio\n"
             "import aligngpt_plugin.scoring, aligngpt_plugin.score\n"
-            "heavy = ('aligngpt_plugin.integrations.llava.model', 'aligngpt_plugin.integrations.llava.compat')\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'llava' or m in heavy))\n")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('llava', 'transformers', 'open_clip')\n"
+            "             or m.startswith(('aligngpt_plugin.integrations', 'aligngpt_plugin.patches'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_importing_transformers_after_the_package_registers_the_aligngpt_types():
+    code = ("import aligngpt_plugin\n"
+            "from transformers import AutoConfig\n"
+            "print(type(AutoConfig.for_model('llava_aligngpt')).__name__, "
+            "type(AutoConfig.for_model('aligngpt_llava')).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AlignGPTLlavaConfig", "AlignGPTConfig"]
