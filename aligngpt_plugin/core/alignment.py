@@ -62,10 +62,26 @@ class AlignmentConfig:
             raise ValueError(f"fixed_level={self.fixed_level} is only used with mode='fixed_level', not {self.mode!r}")
 
     def to_dict(self) -> dict:
+        """The settings as a plain dict, as saved in a model config's `alignment` entry.
+
+        Returns:
+            `{field name: value}` for every field.
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> AlignmentConfig:
+        """The settings back from `to_dict`'s form, validated.
+
+        Args:
+            values: `{field name: value}`; fields left out take their defaults.
+
+        Returns:
+            The AlignmentConfig.
+
+        Raises:
+            ValueError: on an unknown key, or a value `__post_init__` rejects.
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -75,15 +91,27 @@ class AlignmentConfig:
 
 @dataclass
 class AlignmentOutput:
-    """token: [batch, hidden], the alignment token of each sample;
-    gate_weights: [batch, N-1], softmax weights over the local levels (None where no gate ran)."""
+    """What the alignment module returns.
+
+    Attributes:
+        token: [B, H], the alignment token of each sample.
+        gate_weights: [B, N-1], softmax weights over the local levels; None where no gate ran.
+    """
 
     token: torch.Tensor
     gate_weights: torch.Tensor | None = None
 
 
 def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the sequence of `embeds` [B, L, H] where `mask` [B, L] is true; zeros for empty rows."""
+    """Mean over the sequence of the positions a mask keeps.
+
+    Args:
+        embeds: [B, L, H] embeddings.
+        mask: [B, L], true (or 1) where a position counts.
+
+    Returns:
+        [B, H] in `embeds`' dtype; a row whose mask is all false gives zeros.
+    """
     mask = mask.to(embeds.dtype).unsqueeze(-1)
     return (embeds * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -92,7 +120,14 @@ def full_weights(params: list[nn.Parameter]):
     """A context in which `params` are whole: DeepSpeed ZeRO-3 partitions parameters (they carry `ds_id`),
     so they are gathered for writing and re-partitioned after (rank 0's values win); else a no-op.
     Parameters an outer context already gathered are left to it: transformers 5 initialises missing weights
-    inside its own GatheredParameters, and DeepSpeed refuses nested contexts over the same parameters."""
+    inside its own GatheredParameters, and DeepSpeed refuses nested contexts over the same parameters.
+
+    Args:
+        params: the parameters to be read or written whole.
+
+    Returns:
+        A context manager: DeepSpeed's `GatheredParameters(..., modifier_rank=0)`, or a null context.
+    """
     partitioned = [p for p in params if hasattr(p, "ds_id") and getattr(p.ds_status, "name", None) != "AVAILABLE"]
     if not partitioned:
         return contextlib.nullcontext()
@@ -102,7 +137,16 @@ def full_weights(params: list[nn.Parameter]):
 
 
 class AlignmentModule(nn.Module):
-    """The level embedding table `E` [N, hidden] and the gate over the N-1 local levels."""
+    """The level embedding table `E` [N, hidden] and the gate over the N-1 local levels.
+
+    Args:
+        config: the alignment settings (N, the gate's shape and input, the mode).
+        hidden_size: H, the LLM's hidden size (the width of `E` and of the image tokens the gate reads).
+
+    Attributes:
+        level_embeddings: `E`, [N, H], Xavier-uniform at initialisation.
+        gate: Linear(gate_tokens, gate_hidden_size) -> GELU -> Linear(gate_hidden_size, N - 1).
+    """
 
     def __init__(self, config: AlignmentConfig, hidden_size: int):
         super().__init__()
@@ -119,6 +163,7 @@ class AlignmentModule(nn.Module):
         nn.init.xavier_uniform_(self.level_embeddings)
 
     def reset_parameters(self) -> None:
+        """Draws `E` (Xavier-uniform) and the gate's Linear layers again, gathering ZeRO-3 partitions first."""
         with full_weights(list(self.parameters())):
             nn.init.xavier_uniform_(self.level_embeddings)
             for layer in (self.gate[0], self.gate[2]):
@@ -129,7 +174,17 @@ class AlignmentModule(nn.Module):
         return self.config.num_levels
 
     def level_token(self, levels: torch.Tensor) -> torch.Tensor:
-        """Pre-training: `E[level]` for each sample; `levels` [B] integers in 0..N-1."""
+        """Pre-training: the token of each sample's level.
+
+        Args:
+            levels: [B] integers in 0..N-1 (any integer dtype, any device).
+
+        Returns:
+            `E[levels]`, [B, H].
+
+        Raises:
+            ValueError: naming the levels outside 0..N-1.
+        """
         levels = levels.to(self.level_embeddings.device).long()
         bad = (levels < 0) | (levels >= self.num_levels)
         if bad.any():
@@ -137,8 +192,20 @@ class AlignmentModule(nn.Module):
         return self.level_embeddings[levels]
 
     def gate_scores(self, image_tokens: torch.Tensor | list[torch.Tensor], text_mean: torch.Tensor) -> torch.Tensor:
-        """d_i = <image_token_i, t>: [B, gate_tokens] from image tokens [B, T, H] (or a list of B [T_b, H],
-        one per sample: image lists, any-resolution views) and text means [B, H]."""
+        """The gate's input, d_i = <image_token_i, t>.
+
+        Args:
+            image_tokens: projected image tokens, [B, T, H], or a list of B tensors [T_b, H] (one per sample:
+                image lists, any-resolution views).
+            text_mean: t, the mean text embedding of each sample, [B, H].
+
+        Returns:
+            [B, gate_tokens]: the T scores of each sample, or (gate_input='pooled') their adaptive average
+            down to gate_tokens values.
+
+        Raises:
+            ValueError: T != gate_tokens with gate_input='fixed'.
+        """
         if isinstance(image_tokens, (list, tuple)):
             if not image_tokens:
                 return text_mean.new_zeros(0, self.config.gate_tokens)
@@ -154,12 +221,29 @@ class AlignmentModule(nn.Module):
         return scores
 
     def gate_weights(self, image_tokens: torch.Tensor | list[torch.Tensor], text_mean: torch.Tensor) -> torch.Tensor:
-        """Softmax weights [B, N-1] over the local levels: the gate runs once, on the whole batch."""
+        """Softmax weights over the local levels; the gate runs once, on the whole batch.
+
+        Args:
+            image_tokens: [B, T, H], or a list of B tensors [T_b, H] (see `gate_scores`).
+            text_mean: [B, H].
+
+        Returns:
+            w, [B, N-1], rows summing to 1 (softmax in fp32, cast to the gate's dtype).
+        """
         scores = self.gate_scores(image_tokens, text_mean).to(self.gate[0].weight.dtype)
         return torch.softmax(self.gate(scores).float(), dim=-1).to(scores.dtype)
 
     def combine(self, weights: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Instruction tuning: the token [B, H] from gate weights, in the configured mode."""
+        """Instruction tuning: the token of each sample, in the configured mode.
+
+        Args:
+            weights: gate weights w, [B, N-1] (modes adaptive and local); None in the other modes.
+            batch: B, the number of tokens to return (used where no weights are given).
+
+        Returns:
+            [B, H]: `w @ E[:-1] + E[-1]` (adaptive), `w @ E[:-1]` (local), `E[-1]` (global),
+            `mean(E[:-1]) + E[-1]` (no_gate) or `E[fixed_level]` (fixed_level).
+        """
         e = self.level_embeddings
         local, top = e[:-1], e[-1]
         mode = self.config.mode
@@ -181,7 +265,19 @@ class AlignmentModule(nn.Module):
         """With `levels`: the pre-training token. Otherwise the instruction-tuning token from
         `image_tokens` [B, T, H] (or a list of [T_b, H]) and `text_mean` [B, H] (the gate runs only in
         modes that use it). B may be 0: the weights are still used, with zero gradient, which keeps
-        data-parallel ranks in step (see `idle_term`)."""
+        data-parallel ranks in step (see `idle_term`).
+
+        Args:
+            levels: [B] integer levels (pre-training), or None.
+            image_tokens: [B, T, H] or a list of B [T_b, H] (instruction tuning, modes adaptive and local).
+            text_mean: [B, H] (instruction tuning; in modes without a gate it only gives B).
+
+        Returns:
+            AlignmentOutput: `token` [B, H]; `gate_weights` [B, N-1] where the gate ran, else None.
+
+        Raises:
+            ValueError: a level outside 0..N-1, or a gate mode without image tokens and text means.
+        """
         if levels is not None:
             return AlignmentOutput(self.level_token(levels))
         if self.config.mode in ("adaptive", "local"):
@@ -194,7 +290,14 @@ class AlignmentModule(nn.Module):
 
     def trainable(self, pretraining: bool) -> dict[str, bool]:
         """Which weights train in a stage: the levels in pre-training; the gate in instruction tuning,
-        in the modes that use it (adaptive, local)."""
+        in the modes that use it (adaptive, local).
+
+        Args:
+            pretraining: True for stage 1 (pre-training), False for stage 2.
+
+        Returns:
+            `{"level_embeddings": bool, "gate": bool}`.
+        """
         return {"level_embeddings": pretraining,
                 "gate": not pretraining and self.config.mode in ("adaptive", "local")}
 
@@ -204,6 +307,13 @@ def idle_term(out: AlignmentOutput) -> torch.Tensor:
     the alignment weights in the graph. Every data-parallel rank then runs the module once per step and
     reduces its gradients (DDP), and gathers its partitioned weights (ZeRO-3), whatever its batch holds;
     a rank that skipped the module would leave the others waiting. (The public code does the same with a
-    dummy gate pass.)"""
+    dummy gate pass.)
+
+    Args:
+        out: the module's output for the batch (B may be 0).
+
+    Returns:
+        A scalar 0 connected to the level embeddings and, where the gate ran, to the gate.
+    """
     term = out.token.sum() * 0
     return term if out.gate_weights is None else term + out.gate_weights.sum() * 0
