@@ -27,8 +27,16 @@ class LevelSplitError(ValueError):
 def quantile_edges(scores: np.ndarray, num_levels: int) -> list[float]:
     """The N-1 edges that split `scores` into `num_levels` equal-count levels.
 
-    Raises LevelSplitError when a level would be empty: fewer distinct scores than levels, or so many
-    equal scores that two edges coincide.
+    Args:
+        scores: [m] finite CLIP scores.
+        num_levels: N (>= 2).
+
+    Returns:
+        The N-1 edges, strictly increasing: edge k is the score at sorted position ceil(k * m / N).
+
+    Raises:
+        LevelSplitError: when a level would be empty (fewer distinct scores than levels, or so many equal
+            scores that two edges coincide), or the scores are not a flat array of finite numbers.
     """
     if num_levels < 2:
         raise LevelSplitError(f"num_levels={num_levels}: at least 2 levels are needed")
@@ -54,7 +62,18 @@ def quantile_edges(scores: np.ndarray, num_levels: int) -> list[float]:
 
 
 def assign_levels(scores: np.ndarray, edges: list[float]) -> np.ndarray:
-    """Level of each score under `edges` (int64, 0..len(edges))."""
+    """The level of each score: how many edges are at or below it.
+
+    Args:
+        scores: [m] scores.
+        edges: the N-1 strictly increasing edges (`quantile_edges`, or a levels.json's).
+
+    Returns:
+        [m] int64 levels in 0..N-1, 0 the lowest similarity.
+
+    Raises:
+        LevelSplitError: the edges do not increase strictly.
+    """
     edges_arr = np.asarray(edges, dtype=np.float64)
     if edges_arr.size and not np.all(np.diff(edges_arr) > 0):
         raise LevelSplitError(f"edges must increase strictly, got {list(edges)}")
@@ -81,10 +100,26 @@ class LevelsFile:
     format: str = LEVELS_FORMAT
 
     def write(self, path: str | Path) -> None:
+        """Writes the file atomically (a reader sees the old file or the whole new one).
+
+        Args:
+            path: where to write, usually `<output>/levels.json`.
+        """
         write_json_atomic(path, asdict(self), indent=1)
 
     @classmethod
     def read(cls, path: str | Path) -> LevelsFile:
+        """Reads and validates a levels.json written by aligngpt-score.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The LevelsFile.
+
+        Raises:
+            LevelSplitError: unreadable, another format, unknown keys, or edges that do not fit N.
+        """
         path = Path(path)
         try:
             values = json.loads(path.read_text())
@@ -104,10 +139,27 @@ class LevelsFile:
 
 
 def level_counts(levels: np.ndarray, num_levels: int) -> list[int]:
+    """Records per level.
+
+    Args:
+        levels: [m] integer levels in 0..num_levels-1.
+        num_levels: N.
+
+    Returns:
+        N counts, level 0 first.
+    """
     return [int(c) for c in np.bincount(levels, minlength=num_levels)[:num_levels]]
 
 
 def score_stats(scores: np.ndarray) -> dict[str, float]:
+    """Summary of the scores for levels.json.
+
+    Args:
+        scores: [m] scores.
+
+    Returns:
+        `{"min", "max", "mean", "median"}`; `{}` for no scores.
+    """
     if scores.size == 0:
         return {}
     return {"min": float(scores.min()), "max": float(scores.max()), "mean": round(float(scores.mean()), 6),

@@ -24,7 +24,18 @@ import torch.nn.functional as F
 
 
 def singular_values(tokens: torch.Tensor, center: bool = True) -> torch.Tensor:
-    """Singular values of tokens [n, d] (float64, descending), after removing the mean token if `center`."""
+    """Singular values of a set of tokens.
+
+    Args:
+        tokens: [n, d], n >= 2.
+        center: remove the mean token first.
+
+    Returns:
+        [min(n, d)] float64, descending.
+
+    Raises:
+        ValueError: tokens not of shape [n >= 2, d].
+    """
     if tokens.dim() != 2 or tokens.shape[0] < 2:
         raise ValueError(f"tokens must be [n >= 2, d], got {tuple(tokens.shape)}")
     x = tokens.detach().to(torch.float64)
@@ -39,7 +50,15 @@ def _entropy(p: torch.Tensor) -> float:
 
 
 def effective_rank(tokens: torch.Tensor, center: bool = True) -> float:
-    """exp(entropy of s / sum(s)) of the tokens' singular values s (1.0 for a rank-0 input)."""
+    """Effective rank (Roy and Vetterli 2007): exp(entropy of s / sum(s)) over the singular values s.
+
+    Args:
+        tokens: [n, d], n >= 2.
+        center: remove the mean token first.
+
+    Returns:
+        A value in [1, min(n, d)]; 1.0 for a rank-0 input.
+    """
     s = singular_values(tokens, center)
     if float(s.sum()) == 0.0:
         return 1.0
@@ -47,7 +66,15 @@ def effective_rank(tokens: torch.Tensor, center: bool = True) -> float:
 
 
 def von_neumann_entropy(tokens: torch.Tensor, center: bool = True) -> float:
-    """Entropy in nats of the trace-normalised Gram matrix of the tokens (0.0 for a rank-0 input)."""
+    """Von Neumann entropy of the trace-normalised Gram matrix: -sum(l log l), l = s^2 / sum(s^2).
+
+    Args:
+        tokens: [n, d], n >= 2.
+        center: remove the mean token first.
+
+    Returns:
+        Nats, in [0, log(min(n, d))]; 0.0 for a rank-0 input.
+    """
     s2 = singular_values(tokens, center) ** 2
     if float(s2.sum()) == 0.0:
         return 0.0
@@ -56,7 +83,16 @@ def von_neumann_entropy(tokens: torch.Tensor, center: bool = True) -> float:
 
 def spectrum(tokens: torch.Tensor, center: bool = True) -> dict:
     """Effective rank, von Neumann entropy (also over its maximum, log(min(n, d))) and the normalised
-    singular values, for the report."""
+    singular values, for the report.
+
+    Args:
+        tokens: [n, d], n >= 2.
+        center: remove the mean token first.
+
+    Returns:
+        `{"effective_rank", "von_neumann_entropy", "von_neumann_entropy_normalised", "dim", "tokens",
+        "singular_values"}` (the singular values as a list, summing to 1).
+    """
     s = singular_values(tokens, center)
     limit = min(tokens.shape)
     vn = von_neumann_entropy(tokens, center)
@@ -67,7 +103,17 @@ def spectrum(tokens: torch.Tensor, center: bool = True) -> dict:
 
 
 def nearest_words(patches: torch.Tensor, table: torch.Tensor, k: int, chunk: int = 1024):
-    """(cosines [n, k], indices [n, k]) of the k rows of `table` [v, h] nearest each patch [n, h]."""
+    """The rows of a table nearest each patch by cosine.
+
+    Args:
+        patches: [n, h] patch embeddings.
+        table: [v, h] word embeddings.
+        k: how many neighbours (at most v are returned).
+        chunk: patches compared at once (bounds the [chunk, v] similarity matrix).
+
+    Returns:
+        (cosines [n, k], indices [n, k] into `table`), nearest first.
+    """
     unit = F.normalize(table.detach().float(), dim=-1)
     scores, index = [], []
     for part in F.normalize(patches.detach().float(), dim=-1).split(chunk):
@@ -82,6 +128,16 @@ def label_precision(top: torch.Tensor, labels: list[set[int]]) -> dict:
 
     precision_at_k: mean over labelled patches of the share of the k words that are label tokens;
     hit_at_k: share of labelled patches with at least one label token among the k; `labelled`: how many.
+
+    Args:
+        top: [n, k] word indices per patch (`nearest_words`).
+        labels: n sets of label token ids, one per patch.
+
+    Returns:
+        `{"labelled", "precision_at_k", "hit_at_k"}`; the last two None when no patch is labelled.
+
+    Raises:
+        ValueError: n differs between `top` and `labels`.
     """
     if top.shape[0] != len(labels):
         raise ValueError(f"{top.shape[0]} patches of words, {len(labels)} label sets")
@@ -96,8 +152,13 @@ def label_precision(top: torch.Tensor, labels: list[set[int]]) -> dict:
 
 @dataclass
 class PursuitResult:
-    """atoms [n, k] (rows of the dictionary), coefficients [n, k] and residual norms [n, k + 1] relative to
-    each input's norm (column 0 is 1)."""
+    """A matching-pursuit decomposition.
+
+    Attributes:
+        atoms: [n, k] long, the dictionary rows chosen, in order.
+        coefficients: [n, k] float32.
+        residuals: [n, k + 1] residual norms relative to each input's norm (column 0 is 1).
+    """
 
     atoms: torch.Tensor
     coefficients: torch.Tensor
@@ -106,7 +167,18 @@ class PursuitResult:
 
 def matching_pursuit(x: torch.Tensor, dictionary: torch.Tensor, k: int, orthogonal: bool = False,
                      chunk: int = 4096) -> PursuitResult:
-    """Greedy decomposition of each row of x [n, h] over the unit-normalised rows of `dictionary` [v, h]."""
+    """Greedy decomposition of each row of x over the unit-normalised rows of a dictionary.
+
+    Args:
+        x: [n, h] vectors to decompose.
+        dictionary: [v, h] atoms (normalised here).
+        k: atoms per vector.
+        orthogonal: re-fit all chosen coefficients by least squares at each step (OMP).
+        chunk: dictionary rows compared at once (bounds the [n, chunk] correlations).
+
+    Returns:
+        PursuitResult with atoms [n, k], coefficients [n, k], residuals [n, k + 1].
+    """
     atoms_d = F.normalize(dictionary.detach().float(), dim=-1)
     x = x.detach().float()
     norms = x.norm(dim=-1).clamp(min=1e-12)

@@ -41,10 +41,16 @@ class PatchLossOutput:
 
 def phrase_targets(embedding: torch.nn.Module | torch.Tensor, phrase_ids: torch.Tensor,
                    phrase_mask: torch.Tensor) -> torch.Tensor:
-    """Mean input embedding of each phrase's tokens, detached: [B, P, H] from ids and mask [B, P, T].
+    """The target of each phrase: the mean input embedding of its tokens, detached.
 
-    `embedding` is the LLM's input embedding module (or its weight [V, H]). Phrases without tokens
-    (padding) get a zero vector; the assignment never points at them.
+    Args:
+        embedding: the LLM's input embedding module, or its weight [V, H].
+        phrase_ids: [B, P, T] token ids of P phrases per sample (no BOS); padding may be any id.
+        phrase_mask: [B, P, T], true where a token is real.
+
+    Returns:
+        [B, P, H] float32, without gradient; a phrase without tokens (padding) gets a zero vector (the
+        assignment never points at it).
     """
     weight = embedding.weight if isinstance(embedding, torch.nn.Module) else embedding
     with torch.no_grad():
@@ -55,8 +61,21 @@ def phrase_targets(embedding: torch.nn.Module | torch.Tensor, phrase_ids: torch.
 
 def patch_alignment_loss(patches: torch.Tensor, targets: torch.Tensor, assignment: torch.Tensor,
                          multi: Multi = "mean") -> PatchLossOutput:
-    """The loss for projected patches [B, N, H], phrase targets [B, P, H] and assignment [B, N, P] (bool:
-    patch n of sample b shows phrase p)."""
+    """The patch-alignment loss: mean over labelled patches of 1 - cos(patch, its phrases' targets).
+
+    Args:
+        patches: [B, N, H] projected image patches (the projector's output).
+        targets: [B, P, H] phrase targets (`phrase_targets`).
+        assignment: [B, N, P] bool, true where patch n of sample b shows phrase p.
+        multi: several phrases on one patch: "mean" of their losses, or "best" (the highest cosine).
+
+    Returns:
+        PatchLossOutput: `loss` (scalar; 0 with a graph when nothing is labelled), `labelled` (patches
+        with at least one phrase), `mean_cosine` (for logging; nan when nothing is labelled).
+
+    Raises:
+        ValueError: an unknown `multi`, or an assignment whose shape does not fit patches and targets.
+    """
     if multi not in MULTI_MODES:
         raise ValueError(f"multi={multi!r}; choose one of {', '.join(MULTI_MODES)}")
     b, n, _ = patches.shape
