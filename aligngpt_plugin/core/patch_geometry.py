@@ -49,7 +49,19 @@ def _number(value: Any) -> bool:
 
 
 def parse_label(entry: Any, where: str) -> PatchLabel:
-    """One entry of `patch_labels`, validated; PatchLabelError saying what is wrong in `where`."""
+    """One entry of `patch_labels`, validated.
+
+    Args:
+        entry: `{"phrase": str, "box": [x0, y0, x1, y1]}` or `{"phrase": str, "mask": polygons or COCO RLE}`,
+            in pixels of the image file.
+        where: how the entry is named in errors (record and position).
+
+    Returns:
+        The PatchLabel, with exactly one of `box`, `polygons`, `rle` set.
+
+    Raises:
+        PatchLabelError: saying what is wrong in `where`.
+    """
     if not isinstance(entry, dict):
         raise PatchLabelError(f"{where} is {type(entry).__name__}, expected an object "
                               "{'phrase': ..., 'box': [x0, y0, x1, y1]} or {'phrase': ..., 'mask': ...}")
@@ -106,7 +118,19 @@ def _checked_rle(rle: dict, where: str) -> dict:
 
 
 def parse_record_labels(record: dict, index: int, source: str = "") -> list[PatchLabel]:
-    """The record's patch labels ([] when it has none); PatchLabelError naming the record when malformed."""
+    """The patch labels of one record.
+
+    Args:
+        record: a LLaVA data record, with or without `patch_labels`.
+        index: its position in the data file (for errors).
+        source: the data file's name (for errors).
+
+    Returns:
+        Its labels; [] when it has none.
+
+    Raises:
+        PatchLabelError: naming the record when a label is malformed.
+    """
     if LABELS_FIELD not in record:
         return []
     name = _record_name(record, index, source)
@@ -162,7 +186,14 @@ def rle_counts_to_string(counts: list[int]) -> str:
 
 
 def decode_rle(rle: dict) -> np.ndarray:
-    """A COCO RLE ({'size': [h, w], 'counts': list or string}) as a bool mask [h, w]."""
+    """A COCO run-length encoding as a mask.
+
+    Args:
+        rle: `{"size": [h, w], "counts": list or compressed string}` (column-major counts, zeros first).
+
+    Returns:
+        [h, w] bool mask.
+    """
     h, w = rle["size"]
     counts = rle["counts"]
     if isinstance(counts, str):
@@ -175,7 +206,15 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 
 def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict:
-    """The COCO RLE of a bool mask [h, w]."""
+    """The COCO run-length encoding of a mask.
+
+    Args:
+        mask: [h, w] bool (or 0/1) mask.
+        compressed: counts as COCO's compressed string, else as a list of ints.
+
+    Returns:
+        `{"size": [h, w], "counts": ...}`.
+    """
     h, w = mask.shape
     flat = np.asarray(mask, dtype=bool).T.reshape(-1)
     change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
@@ -187,7 +226,16 @@ def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict:
 
 
 def rasterize_polygons(polygons, width: int, height: int) -> np.ndarray:
-    """Bool mask [height, width] of the union of polygons given as flat pixel coordinates."""
+    """The union of polygons as a mask.
+
+    Args:
+        polygons: polygons as flat pixel coordinates `[x0, y0, x1, y1, ...]`.
+        width: the image's width in pixels.
+        height: the image's height in pixels.
+
+    Returns:
+        [height, width] bool mask.
+    """
     from PIL import Image, ImageDraw
 
     canvas = Image.new("1", (width, height), 0)
@@ -227,6 +275,17 @@ def preprocess_geometry(image_size: tuple[int, int], processor, aspect: str = "s
     anything else hands the image to the processor as it is. The processor part follows CLIP's image
     processor: resize (shortest edge to `size`, long edge truncated to an integer, or to an exact
     height x width) and then, when `do_center_crop`, a centre crop to `crop_size`.
+
+    Args:
+        image_size: (width, height) of the image file.
+        processor: the vision tower's image processor (CLIP's: `size`, `do_center_crop`, `crop_size`).
+        aspect: LLaVA's `image_aspect_ratio` ("pad" or anything else).
+
+    Returns:
+        The Geometry mapping file pixels to processed pixels.
+
+    Raises:
+        ValueError: a processor size that is neither `shortest_edge` nor height and width.
     """
     w, h = image_size
     ox = oy = 0.0
@@ -262,7 +321,16 @@ def _cell_edges(length: int, cells: int) -> np.ndarray:
 
 
 def box_overlap(box: tuple[float, float, float, float], geometry: Geometry, grid: int) -> np.ndarray:
-    """Share of each patch's area [grid, grid] (row-major, as the vision tower's tokens) inside `box`."""
+    """Share of each patch's area inside a box.
+
+    Args:
+        box: (x0, y0, x1, y1) in pixels of the image file.
+        geometry: the preprocessing geometry (`preprocess_geometry`).
+        grid: patches per side of the vision tower's grid (24 for 336 px and 14 px patches).
+
+    Returns:
+        [grid, grid] shares in [0, 1], row-major as the vision tower's tokens.
+    """
     x0, y0, x1, y1 = box
     x0, x1 = x0 * geometry.sx + geometry.tx, x1 * geometry.sx + geometry.tx
     y0, y1 = y0 * geometry.sy + geometry.ty, y1 * geometry.sy + geometry.ty
@@ -277,6 +345,14 @@ def mask_overlap(mask: np.ndarray, geometry: Geometry, grid: int) -> np.ndarray:
 
     Each processed pixel reads the file pixel under its centre (nearest neighbour), so the result is exact
     to a processed pixel; pixels outside the file (padding, crop) count as uncovered.
+
+    Args:
+        mask: [h, w] bool mask in pixels of the image file.
+        geometry: the preprocessing geometry.
+        grid: patches per side.
+
+    Returns:
+        [grid, grid] shares in [0, 1], row-major.
     """
     h, w = mask.shape
     u = (np.arange(geometry.width) + 0.5 - geometry.tx) / geometry.sx
@@ -293,7 +369,21 @@ def mask_overlap(mask: np.ndarray, geometry: Geometry, grid: int) -> np.ndarray:
 
 def label_overlap(label: PatchLabel, image_size: tuple[int, int], geometry: Geometry, grid: int,
                   where: str = "label") -> np.ndarray:
-    """Share of each patch [grid, grid] covered by one label on an image of `image_size` (width, height)."""
+    """Share of each patch covered by one label.
+
+    Args:
+        label: a box, polygons or an RLE mask.
+        image_size: (width, height) of the image file.
+        geometry: the preprocessing geometry.
+        grid: patches per side.
+        where: how the label is named in errors.
+
+    Returns:
+        [grid, grid] shares in [0, 1], row-major.
+
+    Raises:
+        PatchLabelError: an RLE mask whose size is not the image file's.
+    """
     w, h = image_size
     if label.box is not None:
         return box_overlap(label.box, geometry, grid)
@@ -317,7 +407,19 @@ class PatchTargets:
 def patch_targets(labels: list[PatchLabel], image_size: tuple[int, int], geometry: Geometry, grid: int,
                   min_overlap: float = 0.5, where: str = "record") -> PatchTargets:
     """Map every label of one image onto the grid: a patch takes a phrase when that phrase's regions
-    (merged) cover at least `min_overlap` of it."""
+    (merged) cover at least `min_overlap` of it.
+
+    Args:
+        labels: the image's labels (a phrase may have several regions).
+        image_size: (width, height) of the image file.
+        geometry: the preprocessing geometry.
+        grid: patches per side.
+        min_overlap: the share of a patch a phrase's regions must cover.
+        where: how the record is named in errors.
+
+    Returns:
+        PatchTargets: the P distinct phrases and `assignment`, [grid * grid, P] bool.
+    """
     coverage: dict[str, np.ndarray] = {}
     for label in labels:
         share = label_overlap(label, image_size, geometry, grid, where)
