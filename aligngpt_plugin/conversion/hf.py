@@ -1,4 +1,4 @@
-"""LLaVA-original checkpoints (this plugin's AlignGPT, or plain LLaVA) -> HF-native folders.
+"""LLaVA-original checkpoints (this plugin's AlignGPT, or plain LLaVA) <-> HF-native folders; released -> HF.
 
     aligngpt-convert to-hf checkpoints/aligngpt-7b runs/aligngpt-7b-hf      # CLI (aligngpt_plugin.convert)
     from aligngpt_plugin.conversion.hf import llava_to_hf
@@ -21,7 +21,9 @@ LLaVA-original checkpoints usually hold no CLIP weights (LLaVA builds the tower 
 they are read from that folder or hub id (or `--vision-tower`).
 
 Streams: one input weight file open at a time, one output file per input file, resumable in DST.partial/.
-A released-layout checkpoint goes through `aligngpt-convert to-plugin` first.
+A released-layout checkpoint goes through the LLaVA-original layout on its way (`released_to_hf`). Back
+(`hf_to_llava`), the vocabulary keeps its added rows: LLaVA splits prompts on `<image>` before tokenizing,
+so the extra tokens are never produced there, and nothing is lost if the folder is converted again.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ VICUNA_CHAT_TEMPLATE = (
     "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 
+FROM_HF = (
+    (r"^model\.vision_tower\.", "model.vision_tower.vision_tower."),
+    (r"^model\.multi_modal_projector\.linear_1\.", "model.mm_projector.0."),
+    (r"^model\.multi_modal_projector\.linear_2\.", "model.mm_projector.2."),
+    (r"^model\.alignment\.", "model.alignment."),
+    (r"^model\.language_model\.", "model."),
+    (r"^lm_head\.", "lm_head."),
+)
 TO_HF = (
     (r"^model\.vision_tower\.vision_tower\.", "model.vision_tower."),
     (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
@@ -123,7 +133,7 @@ def _processor(src: Path, tower: Path, work: Path, vision: dict, strategy: str, 
     """Tokenizer with the new tokens and the processor, saved in `work`; the ids of the new tokens."""
     from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(src, use_fast=False)
+    tokenizer = AutoTokenizer.from_pretrained(src)  # the fast tokenizer, as llava-hf ships
     new = [IMAGE_TOKEN, PAD_TOKEN] + ([ALIGN_TOKEN] if aligngpt else [])
     tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != PAD_TOKEN],
                                   "pad_token": PAD_TOKEN})
@@ -170,7 +180,7 @@ def llava_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = Non
                                                                  "default")
         ids = _processor(src, tower, work, vision, strategy, aligngpt)
         vocab = max(max(ids.values()) + 1, infos["lm_head.weight"].shape[0])
-        hf_config = _hf_config(config, vision, vocab, ids, aligngpt)
+        hf_config = dict(_hf_config(config, vision, vocab, ids, aligngpt), mm_vision_tower=str(tower_id))
         weight_map = {}
         for i, path in enumerate(files, 1):
             name = f"model-{i:05d}-of-{len(files) + 1:05d}.safetensors"
@@ -196,7 +206,98 @@ def llava_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = Non
         weight_map.update(dict.fromkeys(vision_keys, name))
         write_json_atomic(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(
             weight_map.items()))})
+        # `mm_vision_tower` stays in the config: where the tower came from, for the way back to LLaVA's layout
         write_json_atomic(work / "config.json", hf_config)
+        if (src / "generation_config.json").is_file():
+            write_json_atomic(work / "generation_config.json",
+                              json.loads((src / "generation_config.json").read_text()))
+    return dst
+
+
+def released_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = None) -> Path:
+    """A released AlignGPT checkpoint (the public code's layout, e.g. `nlpzhaof/aligngpt-7b`) -> HF-native.
+
+    Goes through the LLaVA-original layout in `DST.llava/` (kept until the HF folder is complete, so a killed
+    run continues from whichever step it reached).
+
+    Args:
+        src: the released folder or hub id; dst: the output folder (must not exist).
+        vision_tower: CLIP folder or hub id, instead of the config's `mm_vision_tower`.
+    Returns:
+        `dst`.
+    """
+    import shutil
+
+    from aligngpt_plugin.conversion.released import convert
+
+    dst = Path(dst)
+    if dst.exists():
+        raise ConversionError(f"{dst} already exists; remove it or choose another output")
+    middle = dst.with_name(dst.name + ".llava")
+    if not middle.exists():
+        convert(src, middle, to_plugin=True, vision_tower=vision_tower)
+    llava_to_hf(middle, dst, vision_tower=vision_tower)
+    shutil.rmtree(middle)
+    return dst
+
+
+def hf_to_llava(src: str | Path, dst: str | Path, vision_tower: str | None = None) -> Path:
+    """An HF-native AlignGPT (or llava-hf) folder -> the LLaVA-original layout, for LLaVA's eval scripts.
+
+    Args:
+        src: the HF-native folder; dst: the output folder (must not exist).
+        vision_tower: the CLIP folder or hub id that the LLaVA-original config names as `mm_vision_tower`
+            (LLaVA builds its tower from it); default: `mm_vision_tower` recorded at conversion, else required.
+    Returns:
+        `dst`, loadable with `AutoModelForCausalLM` (AlignGPT) or LLaVA's `load_pretrained_model`.
+    """
+    from transformers import AutoTokenizer
+
+    src, dst = Path(src), Path(dst)
+    config = json.loads((src / "config.json").read_text())
+    if config.get("model_type") not in ("llava_aligngpt", "llava"):
+        raise ConversionError(f"{src}/config.json: model_type {config.get('model_type')!r} is not transformers' "
+                              "Llava or the HF-native AlignGPT")
+    tower = vision_tower or config.get("mm_vision_tower")
+    if not tower:
+        raise ConversionError(f"{src} does not record the CLIP it was built from; give --vision-tower")
+    files = weight_files(src)
+    text, vision = dict(config["text_config"]), config["vision_config"]
+    aligngpt = config["model_type"] == "llava_aligngpt"
+    mistral = text.get("model_type") == "mistral"
+    layers = config.get("vision_feature_layer", -2)
+    if not isinstance(layers, int):
+        raise ConversionError(f"{src}: vision_feature_layer={layers}: LLaVA's tower reads one layer")
+    plan = {"direction": "from-hf", "sources": source_stamp(files)}
+    with partial_folder(dst, plan) as work:
+        weight_map = {}
+        for i, path in enumerate(files, 1):
+            name = f"model-{i:05d}-of-{len(files):05d}.safetensors"
+            with open_weights(path) as state:
+                keys = {k: rename(k, FROM_HF) for k in state}
+                if not (work / name).is_file():
+                    with atomic_path(work / name) as tmp:
+                        save_file({new: state[k].contiguous() for k, new in keys.items()}, str(tmp),
+                                  metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(keys.values(), name))
+        write_json_atomic(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(
+            weight_map.items()))})
+        llava = {k: v for k, v in text.items() if k not in ("model_type", "architectures", "_name_or_path")}
+        llava.update(mm_vision_tower=str(tower), mm_projector_type="mlp2x_gelu", mm_hidden_size=vision["hidden_size"],
+                     mm_vision_select_layer=layers,
+                     mm_vision_select_feature="patch" if config.get("vision_feature_select_strategy",
+                                                                    "default") == "default" else "cls_patch",
+                     mm_patch_merge_type="flat", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+                     image_aspect_ratio="pad", tokenizer_padding_side="right", use_mm_proj=True,
+                     tune_mm_mlp_adapter=config.get("alignment_stage") == "pretrain")
+        if aligngpt:
+            llava.update(model_type="aligngpt_mistral" if mistral else "aligngpt_llava", alignment=config["alignment"],
+                         architectures=["AlignGPTMistralForCausalLM" if mistral else "AlignGPTLlamaForCausalLM"])
+        else:
+            llava.update(model_type="llava_mistral" if mistral else "llava_llama",
+                         architectures=["LlavaMistralForCausalLM" if mistral else "LlavaLlamaForCausalLM"])
+        write_json_atomic(work / "config.json", llava)
+        AutoTokenizer.from_pretrained(src).save_pretrained(work)
         if (src / "generation_config.json").is_file():
             write_json_atomic(work / "generation_config.json",
                               json.loads((src / "generation_config.json").read_text()))
