@@ -193,9 +193,12 @@ def flags_of(help_text: str) -> set[str]:
 
 # One interpreter prints every help asked for: each command module runs as `python -m` would run it, with
 # `--help` in its argv, and its output is caught at the SystemExit that argparse raises. One start-up (torch,
-# transformers) instead of one per command keeps the check to seconds.
+# transformers) instead of one per command keeps the check to seconds. transformers is imported first, so
+# the order the modules run in cannot change what any of them imports first (the suite's command tests run
+# each command in its own process).
 HELP_DRIVER = """
 import contextlib, io, json, runpy, sys
+import transformers
 result = {}
 for inv in json.loads(sys.argv[1]):
     out = io.StringIO()
