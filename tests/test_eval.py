@@ -158,7 +158,8 @@ def test_gate_summary_and_heatmap(tmp_path):
     pairs = {}
     for key, weights in (("pope", [[1.0, 0.0], [0.5, 0.5]]), ("gqa", [[0.0, 1.0], [0.0, 1.0]])):
         a = answers(tmp_path / f"{key}.jsonl", [{"question_id": i, "text": "x"} for i in range(2)])
-        g = answers(tmp_path / f"{key}.gates.jsonl", [{"gate_weights": w} for w in weights])
+        g = answers(tmp_path / f"{key}.gates.jsonl", [{"question_id": i, "gate_weights": w}
+                                                     for i, w in enumerate(weights)])
         pairs[key] = (a, g)
     summary = analyse(pairs, tmp_path / "out")
     pope = summary["benchmarks"]["pope"]
@@ -166,8 +167,8 @@ def test_gate_summary_and_heatmap(tmp_path):
     assert pope["mean_entropy"] == pytest.approx((0 + 0.6931472) / 2, abs=1e-6)
     assert summary["max_level_spread"] == pytest.approx(0.75)
     assert (tmp_path / "out/gate_heatmap.png").stat().st_size > 1000
-    answers(tmp_path / "gqa.gates.jsonl", [{"gate_weights": [0.0, 1.0]}])
-    with pytest.raises(AnswersError, match="same inference run"):
+    answers(tmp_path / "gqa.gates.jsonl", [{"question_id": 0, "gate_weights": [0.0, 1.0]}])
+    with pytest.raises(AnswersError, match="not of the same run"):
         analyse({"gqa": pairs["gqa"]}, tmp_path / "out2")
 
 
@@ -247,6 +248,8 @@ def test_scripts_from_checkpoint_to_score(tiny, checkpoint, tmp_path):
         assert result["score"] == pytest.approx(expected[key], abs=1e-6), key
         gates = read_jsonl(result["gates"])  # one gate line per answer, each a distribution over 7 levels
         assert len(gates) == result["count"] or key == "sqa"
+        # each line carries its question's id (chunks merged: the same order as the answers)
+        assert [g["question_id"] for g in gates] == [r["question_id"] for r in read_jsonl(result["answers"])]
         assert all(abs(sum(g["gate_weights"]) - 1) < 1e-2 for g in gates if g["gate_weights"] is not None)
     assert Path(json.loads((results / "mmbench.json").read_text())["files"]["upload"]).is_file()
 
@@ -291,6 +294,7 @@ def test_remaining_scripts_from_checkpoint_to_output(tiny, checkpoint, tmp_path)
         assert result["count"] == len(asked), key
         gates = read_jsonl(result["gates"])  # one gate line per answer, a distribution over the levels
         assert len(gates) == len(rows) and all(abs(sum(g["gate_weights"]) - 1) < 1e-2 for g in gates), key
+        assert [g["question_id"] for g in gates] == [r["question_id"] for r in rows], key  # ids in every line
 
     # GQA: LLaVA's conversion makes "Yes" "yes"; 2 of the 4 answers (yes, no, a colour, yes) are "yes" -> 50
     assert scored["gqa"]["score"] == pytest.approx(50.0)

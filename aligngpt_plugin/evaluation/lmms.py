@@ -6,8 +6,10 @@ finds the model by that name, no fork and no file copied into its tree. The mode
 LLaVA model (`lmms_eval.models.simple.llava.Llava`: prompts, batching, image handling, multi-GPU
 through accelerate) with LLaVA's loader made AlignGPT-aware (`aligngpt_plugin.integrations.llava.loader`)
 while it loads: AlignGPT and LLaVA checkpoints are recognised by their config whatever their folder is called, and
-`ALIGNGPT_GATE_DUMP=FILE` appends the gate's weights per sample as the `eval/` scripts do. Without
-CUDA it runs on the CPU (lmms-eval's class assumes `cuda:0`).
+`ALIGNGPT_GATE_DUMP=FILE` appends the gate's weights per sample as the `eval/` scripts do, each line with
+its task and document id (lmms-eval answers the longest contexts first, not in document order;
+`aligngpt_plugin.evaluation.gates.join_gates` joins the lines with `--log_samples`' samples file on them).
+Without CUDA it runs on the CPU (lmms-eval's class assumes `cuda:0`).
 """
 
 from __future__ import annotations

@@ -21,17 +21,24 @@ aligned captions), or `ALIGNGPT_EVAL_LEVEL=k`.
 
 Everything else (tokenizer, image processor, dtype, devices, quantisation) is LLaVA's own code. With
 `ALIGNGPT_GATE_DUMP=FILE` set, every `generate` of a loaded AlignGPT model appends the gate's weights
-of each sample to FILE (one JSON line per sample, in call order), which `aligngpt-eval gates` joins
-with the answers file.
+of each sample to FILE, one JSON line per sample, each carrying the id of the sample it belongs to:
+`{"question_id": ..., "gate_weights": [...]}` under LLaVA's eval modules (plus `round_id` for
+model_vqa_mmbench, as its answers have), `{"task": ..., "doc_id": ..., "gate_weights": [...]}` under
+lmms-eval (`aligngpt_plugin.evaluation.lmms_model`), which reorders requests by context length.
+`aligngpt_plugin.evaluation.gates.join_gates` joins the lines with the answers on those ids.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
+import importlib
 import json
 import os
 import re
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aligngpt_plugin.integrations.llava.configuration import MODEL_TYPES, RELEASED_MODEL_TYPE, convert_hint
@@ -100,19 +107,98 @@ def gate_rows(model, batch: int) -> list[list[float] | None]:
     return rows
 
 
-def dump_gate_weights(model, path: str | Path) -> None:
-    """Append each sample's gate weights to `path` after every `generate` of `model`."""
+# Which samples the next `generate` answers: called with the batch size, it returns one dict of id
+# fields per sample, in batch order ({"question_id": ...} or {"task": ..., "doc_id": ...}), or None
+# when it cannot tell.
+SampleIds = Callable[[int], "list[dict] | None"]
+_IDS_ATTR = "_aligngpt_gate_sample_ids"
+
+
+def set_gate_sample_ids(model, ids: SampleIds | None) -> None:
+    """Tell the gate dump of `model` where to learn the ids of the samples each `generate` answers."""
+    object.__setattr__(model, _IDS_ATTR, ids)
+
+
+def sample_ids_in_order(keys: Iterable[dict]) -> SampleIds:
+    """Ids for a caller that generates for `keys` one after another, in their order (LLaVA's modules)."""
+    pending = iter(list(keys))
+
+    def take(batch: int) -> list[dict] | None:
+        taken = [k for _, k in zip(range(batch), pending)]
+        return taken if len(taken) == batch else None
+
+    return take
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value  # numpy scalars from pandas rows
+
+
+def llava_module_sample_ids(argv: list[str]) -> SampleIds | None:
+    """The ids of the questions one of LLaVA's eval modules answers, read as the module reads them.
+
+    `argv` is the module's command line (`sys.argv` while `aligngpt_plugin.llava_eval` runs it, argv[0]
+    the module's file). Each module answers its chunk of `--question-file` (its own `get_chunk`) one
+    question per `generate`, in file order, and writes each answer with the question's id; model_vqa_mmbench
+    generates once per round (`--all-rounds`: one per option) and writes `round_id` too. None for
+    anything else (the dump then writes lines without ids and warns).
+    """
+    name = Path(argv[0]).stem if argv else ""
+    if name not in ("model_vqa_loader", "model_vqa", "model_vqa_science", "model_vqa_mmbench"):
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--question-file")
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--all-rounds", action="store_true")
+    args, _ = parser.parse_known_args(argv[1:])
+    if not args.question_file or not Path(args.question_file).expanduser().is_file():
+        return None
+    module = importlib.import_module(f"llava.eval.{name}")
+    question_file = Path(args.question_file).expanduser()
+    if name == "model_vqa_mmbench":
+        import pandas as pd
+
+        chunk = module.get_chunk(pd.read_table(question_file), args.num_chunks, args.chunk_idx)
+        keys = [{"question_id": _plain(row["index"]), "round_id": r} for _, row in chunk.iterrows()
+                for r in range(len(module.get_options(row, module.all_options)) if args.all_rounds else 1)]
+    elif name == "model_vqa_science":  # a JSON list; the id is "id"
+        chunk = module.get_chunk(json.loads(question_file.read_text()), args.num_chunks, args.chunk_idx)
+        keys = [{"question_id": q["id"]} for q in chunk]
+    else:
+        questions = [json.loads(line) for line in question_file.read_text().splitlines() if line.strip()]
+        keys = [{"question_id": q["question_id"]} for q in module.get_chunk(questions, args.num_chunks,
+                                                                             args.chunk_idx)]
+    return sample_ids_in_order(keys)
+
+
+def dump_gate_weights(model, path: str | Path, ids: SampleIds | None = None) -> None:
+    """Append each sample's gate weights to `path` after every `generate` of `model`, one JSON line per
+    sample with its ids (from `ids`, or from `set_gate_sample_ids` later; lines without ids and a
+    warning where none is known)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     generate = model.generate
+    if ids is not None:
+        set_gate_sample_ids(model, ids)
+    warned = []
 
     @functools.wraps(generate)
     def generate_and_dump(*args, **kwargs):
         out = generate(*args, **kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
+        batch = sequences.shape[0]
+        source = getattr(model, _IDS_ATTR, None)
+        keys = source(batch) if source is not None else None
+        if keys is None or len(keys) != batch:
+            if not warned:
+                warnings.warn(f"{path}: the gate dump does not know which samples this generate answered; its "
+                              "lines carry no id and can only be joined with the answers by order", stacklevel=2)
+                warned.append(True)
+            keys = [{}] * batch
         with path.open("a") as f:
-            for row in gate_rows(model, sequences.shape[0]):
-                f.write(json.dumps({"gate_weights": row}) + "\n")
+            for key, row in zip(keys, gate_rows(model, batch)):
+                f.write(json.dumps({**key, "gate_weights": row}) + "\n")
         return out
 
     model.generate = generate_and_dump
@@ -146,7 +232,11 @@ def aligngpt_aware(load):
                   f"it generates with the token of level {level} of 0..{model.alignment.num_levels - 1} "
                   f"({EVAL_LEVEL_ENV}=k for another)", flush=True)
         if os.environ.get(GATE_DUMP_ENV):
-            dump_gate_weights(model, os.environ[GATE_DUMP_ENV])
+            import sys
+
+            # under one of LLaVA's eval modules its command line names the questions; lmms-eval's model class
+            # sets its own ids after loading
+            dump_gate_weights(model, os.environ[GATE_DUMP_ENV], llava_module_sample_ids(sys.argv))
         return tokenizer, model, processor, context_len
 
     load_pretrained_model.__aligngpt__ = True
