@@ -11,7 +11,12 @@ The GPU resize is torch's antialiased bicubic, not PIL's: pixels may differ from
 levels of 255, so scores differ in the third or fourth decimal. The decoded pixels themselves are the same
 (both use libjpeg-turbo's arithmetic on CPU; nvjpeg on the GPU agrees up to rounding).
 
-`DevicePrefetcher` moves batch i+1 to the GPU on a side stream while batch i runs, from pinned memory.
+`DeviceFeed` copies batch i+1 to the GPU (from pinned memory: the DataLoader pins the JPEG bytes too) and
+decodes it on a side stream, issued before batch i goes to the model, so the model never waits on a copy or
+a decode it could have overlapped.
+
+`auto` compares like with like: the GPU's batched decode + resize against the CPU decoders a run has,
+workers x decode threads (at most the cores), each at the single-thread speed of PIL decode + preprocess.
 """
 
 from __future__ import annotations
@@ -103,9 +108,21 @@ def prefer_device(device_s_per_image: float, cpu_s_per_image: float, cpu_decoder
     return device_s_per_image * max(1, cpu_decoders) < cpu_s_per_image
 
 
+def cpu_decoders(workers: int, decode_threads: int, cores: int | None = None) -> int:
+    """How many images the CPU decodes at once in a run: DataLoader workers x decode threads (each worker
+    decodes a batch in its threads; PIL releases the GIL), at most the cores this process may use
+    (`cores`, by default its CPU affinity). No workers: the main process's threads."""
+    import os
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(max(1, workers) * max(1, decode_threads), cores))
+
+
 def choose_decode(requested: str, device: torch.device, preprocess, cpu_decoders: int) -> tuple[str, str]:
     """("cpu" or "device", why). `device` asks for GPU decoding and fails with the reason when it cannot be
-    had; `auto` takes it on CUDA when a probe on a photo-sized JPEG finds it faster than the CPU decoders."""
+    had; `auto` takes it on CUDA when a probe on a photo-sized JPEG finds it faster than the CPU decoders
+    together (`cpu_decoders`: see the function of that name)."""
     if requested not in DECODE_MODES:
         raise ValueError(f"decode={requested!r}; choose one of {DECODE_MODES}")
     if requested == "cpu":
@@ -126,8 +143,8 @@ def choose_decode(requested: str, device: torch.device, preprocess, cpu_decoders
             raise ValueError(f"--decode device: {why_not}; use --decode cpu or auto")
         return "cpu", why_not
     if requested == "device" or prefer_device(device_s, cpu_s, cpu_decoders):
-        return "device", f"GPU {1 / device_s:.0f} images/s vs CPU {cpu_decoders / cpu_s:.0f}"
-    return "cpu", f"CPU {cpu_decoders / cpu_s:.0f} images/s vs GPU {1 / device_s:.0f}"
+        return "device", f"GPU {1 / device_s:.0f} images/s vs CPU {cpu_decoders / cpu_s:.0f} ({cpu_decoders} decoders)"
+    return "cpu", f"CPU {cpu_decoders / cpu_s:.0f} images/s ({cpu_decoders} decoders) vs GPU {1 / device_s:.0f}"
 
 
 def probe_jpeg(width: int = 500, height: int = 375) -> bytes:
@@ -164,29 +181,67 @@ def probe_decode_speed(decoder: JpegDecoder, preprocess, n: int = 64) -> tuple[f
     return device_s, (time.perf_counter() - start) / 8
 
 
-class DevicePrefetcher:
-    """Iterates batches with their tensors already on the device: batch i+1 is copied on a side CUDA stream
-    (from pinned memory, non-blocking) while batch i is computed. On the CPU it passes batches through."""
+class CudaStreams:
+    """The side stream DeviceFeed works on, and the events that order it with the model's stream."""
 
-    def __init__(self, batches: Iterable[dict], device: torch.device):
-        self.batches, self.device = batches, device
+    def __init__(self, device: torch.device):
+        self.device, self.stream = device, torch.cuda.Stream(device)
+
+    def side(self):
+        """A context in which work is issued on the side stream."""
+        return torch.cuda.stream(self.stream)
+
+    def record(self):
+        """An event marking the work issued so far on the side stream."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    def wait(self, event, value: Any) -> None:
+        """The model's stream waits for `event` before its next work; `value`'s tensors are now its too."""
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(event)
+        _record_stream(value, current)
+
+
+class DeviceFeed:
+    """Iterates batches ready for the model: their tensors on the device and their JPEGs decoded (`prepare`,
+    e.g. `on_device`). On CUDA, batch i+1 is copied (from pinned memory, non-blocking) and decoded on a side
+    stream, issued before batch i goes to the model, so transfers and nvjpeg overlap the model, which waits
+    (an event, not the host) only for the batch it is about to use. On the CPU it prepares each batch in turn.
+
+    `streams` is CudaStreams(device) by default on CUDA; tests give a fake that logs the order of events.
+    """
+
+    def __init__(self, batches: Iterable[dict], device: torch.device, prepare, streams=None):
+        self.batches, self.device, self.prepare = batches, device, prepare
+        self.streams = streams if streams is not None or device.type != "cuda" else CudaStreams(device)
 
     def __iter__(self) -> Iterator[dict]:
-        if self.device.type != "cuda":
-            yield from self.batches
+        if self.streams is None:
+            for batch in self.batches:
+                yield self.prepare(batch)
             return
-        stream = torch.cuda.Stream(self.device)
         pending = None
         for batch in self.batches:
-            with torch.cuda.stream(stream):
-                moved = to_device(batch, self.device)
+            with self.streams.side():
+                ready = self.prepare(batch)  # batch i+1: copies and decoding issued on the side stream
+                event = self.streams.record()
             if pending is not None:
-                yield pending
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            _record_stream(moved, torch.cuda.current_stream(self.device))
-            pending = moved
+                yield pending  # batch i: the model runs while the side stream works
+            self.streams.wait(event, ready)
+            pending = ready
         if pending is not None:
             yield pending
+
+
+def on_device(batch: dict, decoder: JpegDecoder | None, preprocess, device: torch.device) -> dict:
+    """The batch with its tensors moved to `device` and its pixels assembled there (JPEGs decoded by
+    `decoder`): "pixels" [rows, 3, H, W] uint8 (or the worker's float pixels), "failed" the (row, reason) of
+    images that could not be decoded."""
+    moved = to_device(batch, device)
+    pixels, failed = assemble_pixels(moved, decoder, preprocess, device) if moved["ids"] else (None, [])
+    return {**moved, "pixels": pixels, "failed": failed}
 
 
 def to_device(value: Any, device: torch.device) -> Any:

@@ -32,6 +32,7 @@ import contextlib
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,11 @@ from aligngpt_plugin.scoring.backends import ClipScorer, load_scorer
 from aligngpt_plugin.scoring.config import ScoreConfig, ScoreError, ScoreSummary
 from aligngpt_plugin.scoring.dataset import PreparedBatches, collate_identity
 from aligngpt_plugin.scoring.decoding import (
-    DevicePrefetcher,
+    DeviceFeed,
     JpegDecoder,
-    assemble_pixels,
     choose_decode,
+    cpu_decoders,
+    on_device,
     resize_crop_of,
 )
 from aligngpt_plugin.scoring.distributed import (
@@ -85,13 +87,15 @@ def score_units(config: ScoreConfig, source: Source, scorer: ClipScorer, device:
     done = images = 0
     try:
         with _scoring_mode(config, device):
-            for batch in DevicePrefetcher(_loader(dataset, reader, workers, device), device):
+            feed = DeviceFeed(_loader(dataset, reader, workers, device), device,
+                              partial(on_device, decoder=decoder, preprocess=scorer.preprocess, device=device))
+            for batch in feed:
                 unit = batch["unit"]
                 state = pending.setdefault(unit, {"rows": [], "errors": [], "received": 0, "batches": None})
                 if batch["errors"] and config.strict:
                     raise ScoreError(source.problem(unit, batch["errors"][0], strict_hint=True))
                 state["errors"].extend(batch["errors"])
-                rows, failed = _score_batch(batch, scorer, decoder, device, embeddings=config.embeddings)
+                rows, failed = _score_batch(batch, scorer, device, embeddings=config.embeddings)
                 for ident, reason in failed:
                     line = source.error_line(batch, ident, reason)
                     if config.strict:
@@ -118,7 +122,8 @@ def score_units(config: ScoreConfig, source: Source, scorer: ClipScorer, device:
 
 def _decoder(config: ScoreConfig, scorer: ClipScorer, device: torch.device, workers: int) -> JpegDecoder | None:
     """The GPU JPEG decoder when --decode picks the device (decoding.py), else None (workers decode)."""
-    where, why = choose_decode(config.decode, device, scorer.preprocess, max(1, workers))
+    decoders = cpu_decoders(workers, config.decode_threads)  # like with like: every CPU decoder of the run
+    where, why = choose_decode(config.decode, device, scorer.preprocess, decoders)
     if config.decode != "cpu" and device.type == "cuda":
         print(f"aligngpt-score: decoding JPEGs on the {'GPU' if where == 'device' else 'CPU'} ({why})",
               file=sys.stderr)
@@ -141,13 +146,13 @@ def _scoring_mode(config: ScoreConfig, device: torch.device):
     return stack
 
 
-def _score_batch(batch: dict, scorer: ClipScorer, decoder: JpegDecoder | None, device: torch.device,
+def _score_batch(batch: dict, scorer: ClipScorer, device: torch.device,
                  embeddings: bool) -> tuple[list[tuple], list[tuple]]:
-    """Rows (id, score[, image embedding, text embedding]) of the batch's images, and (id, reason) of the
-    JPEGs that failed to decode on the device and in PIL."""
+    """Rows (id, score[, image embedding, text embedding]) of the batch's images (pixels already on the device,
+    `decoding.on_device`), and (id, reason) of the JPEGs that failed to decode on the device and in PIL."""
     if not batch["ids"]:
         return [], []
-    pixels, failed = assemble_pixels(batch, decoder, scorer.preprocess, device)
+    pixels, failed = batch["pixels"], batch["failed"]
     ids, tokens = batch["ids"], batch["tokens"]
     if failed:
         bad = {row for row, _ in failed}
