@@ -13,6 +13,10 @@ process; reported are medians of:
 - whole process: images / wall seconds from process start to exit (imports, model load, warm-up included);
 - scoring loop: images / seconds of the loop alone (aligngpt-score: `score_units`; clip-retrieval: its
   runner's call), timed inside each process by a small wrapper;
+- beside each tool's figures: its decode parallelism (DataLoader workers x threads decoding in each:
+  aligngpt-score's --decode-threads, 1 for clip-retrieval) and the 1-minute load average at the start of its
+  runs (a loaded machine favours whichever tool happens to run when the load drops: compare only figures
+  taken at a load well under the core count);
 - peak memory of the process tree: the largest sum over the process and all its children (workers) of
   PSS (proportional set size: pages shared by forked workers counted once in all) and of RSS (counted in
   every process that maps them), polled every 100 ms with psutil.
@@ -149,6 +153,7 @@ def watch(command: list[str], env: dict, timeout: float) -> dict:
     still running after `timeout` s is killed with its children (clip-retrieval hangs when a worker fails)."""
     import psutil
 
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -184,7 +189,7 @@ def watch(command: list[str], env: dict, timeout: float) -> dict:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
     loop = [float(line.split()[1]) for line in err.splitlines() if line.startswith("LOOP_SECONDS")]
     return {"seconds": seconds, "loop_seconds": loop[-1] if loop else None, "peak_mib": peak["pss"] / 2**20,
-            "peak_rss_mib": peak["rss"] / 2**20}
+            "peak_rss_mib": peak["rss"] / 2**20, "load_1min": [load_start, os.getloadavg()[0]]}
 
 
 def same_scores(ours: Path, theirs: Path) -> dict:
@@ -213,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--decode-threads", type=int, default=4,
+                   help="aligngpt-score's threads decoding a batch in each worker (its default 4; clip-retrieval "
+                        "decodes one image at a time per worker)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each tool, alternating")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--work", default="/tmp/aligngpt-vs-clip-retrieval", help="shards, weights and outputs")
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"ours_{run}"
         return [sys.executable, "-c", OURS, "--data", pattern, "--output", str(out), "--overwrite", "--model",
                 args.model, "--pretrained", str(weights), "--batch-size", str(args.batch_size), "--num-workers",
-                str(args.workers), "--precision", "fp32", "--embeddings", "--no-progress", "--device", args.device]
+                str(args.workers), "--decode-threads", str(args.decode_threads),
+                "--precision", "fp32", "--embeddings", "--no-progress", "--device", args.device]
 
     def theirs(run: int) -> list[str]:
         out = work / f"theirs_{run}"
@@ -258,16 +267,25 @@ def main(argv: list[str] | None = None) -> int:
         runs[name].append(result)
         print(f"{name:15s} run {len(runs[name])}: {args.images / result['seconds']:.2f} images/s whole process, "
               f"loop {args.images / result['loop_seconds'] if result['loop_seconds'] else float('nan'):.2f}, "
-              f"peak {result['peak_mib']:.0f} MiB PSS ({result['peak_rss_mib']:.0f} RSS)", flush=True)
+              f"peak {result['peak_mib']:.0f} MiB PSS ({result['peak_rss_mib']:.0f} RSS); 1-min load "
+              f"{result['load_1min'][0]:.1f} at start, {result['load_1min'][1]:.1f} at end", flush=True)
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name] if r[key] is not None)
 
+    # how many images each tool decodes at once: its DataLoader workers x the threads decoding in each
+    # (clip-retrieval's workers decode sample by sample); beside the figures, so ratios are read like with like
+    parallelism = {"aligngpt-score": {"workers": args.workers, "threads_per_worker": args.decode_threads},
+                   "clip-retrieval": {"workers": args.workers, "threads_per_worker": 1}}
     figures = {}
     for name in runs:
+        loads = [r["load_1min"][0] for r in runs[name]]
         figures[name] = {"images_per_s": args.images / median(name, "seconds"),
                          "loop_images_per_s": args.images / median(name, "loop_seconds"),
-                         "peak_mib": median(name, "peak_mib"), "peak_rss_mib": median(name, "peak_rss_mib")}
+                         "peak_mib": median(name, "peak_mib"), "peak_rss_mib": median(name, "peak_rss_mib"),
+                         "decoders": parallelism[name]["workers"] * parallelism[name]["threads_per_worker"],
+                         **parallelism[name], "load_1min_at_start": {"median": statistics.median(loads),
+                                                                     "max": max(loads)}}
     a, b = figures["aligngpt-score"], figures["clip-retrieval"]
     ratios = {"whole_process": a["images_per_s"] / b["images_per_s"],
               "loop": a["loop_images_per_s"] / b["loop_images_per_s"], "peak_memory": a["peak_mib"] / b["peak_mib"],
@@ -278,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['load_average_5min'][1]:.1f} after:")
     for name, f in figures.items():
         print(f"  {name:15s} {f['images_per_s']:7.2f} images/s whole process, {f['loop_images_per_s']:7.2f} loop, "
-              f"peak {f['peak_mib']:.0f} MiB PSS ({f['peak_rss_mib']:.0f} RSS)")
+              f"peak {f['peak_mib']:.0f} MiB PSS ({f['peak_rss_mib']:.0f} RSS); decoding {f['decoders']} at once "
+              f"({f['workers']} workers x {f['threads_per_worker']} threads); 1-min load at start median "
+              f"{f['load_1min_at_start']['median']:.1f}, max {f['load_1min_at_start']['max']:.1f}")
     print(f"  aligngpt-score / clip-retrieval: whole process x{ratios['whole_process']:.2f}, loop "
           f"x{ratios['loop']:.2f}, peak memory x{ratios['peak_memory']:.2f} (PSS; RSS x{ratios['peak_rss']:.2f})")
     last = {name: k for k, (name, _) in enumerate(order)}  # each tool's last run folder
