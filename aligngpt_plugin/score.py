@@ -17,7 +17,8 @@ Outputs in --output: scores.jsonl (index, id, score), errors.jsonl (records left
 <data>_levels.json (the data with `align_level` 0..N-1, 0 = lowest similarity), levels.json (N, edges,
 model, counts, sha256 of the input), scores_histogram.png, summary.json; work/ holds the shards. A run that
 stops for any reason continues where it stopped when started again with the same arguments.
-Independent jobs without torchrun: `--rank R --world-size W` on each, then `--merge-only`.
+Independent jobs without torchrun: `--rank R --world-size W` on each (or `--slurm-array` in a Slurm array
+job), then `--merge-only`; a job that died is run again with its rank (merge names what is missing).
 Shards: per input shard scores/NAME.parquet (key, score; the embeddings with --embeddings) and
 errors/NAME.jsonl, then levels.json, the histogram and summary.json; the shard is the unit of resuming.
 """
@@ -77,14 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --output")
     p.add_argument("--rank", type=int, default=None, help="this job's shard, for jobs started without torchrun")
     p.add_argument("--world-size", type=int, default=None, help="number of shards, with --rank")
+    p.add_argument("--slurm-array", action="store_true",
+                   help="take --rank and --world-size from a Slurm array job (SLURM_ARRAY_TASK_ID minus "
+                        "SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT); then --merge-only once all tasks are done")
     p.add_argument("--merge-only", action="store_true", help="write the outputs from finished shards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # kill/resume tests
     return p
 
 
+def slurm_array_rank(environ=None) -> tuple[int, int]:
+    """(rank, world size) of this task of a Slurm array job. Raises ValueError when not in one."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    try:
+        task, count = int(environ["SLURM_ARRAY_TASK_ID"]), int(environ["SLURM_ARRAY_TASK_COUNT"])
+        first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"--slurm-array: not in a Slurm array job ({e} is missing or not a number); submit with "
+                         "sbatch --array=0-N, or give --rank and --world-size") from None
+    return task - first, count
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.slurm_array:
+        if args.rank is not None or args.world_size is not None:
+            print("aligngpt-score: error: --slurm-array sets --rank and --world-size; give one or the other",
+                  file=sys.stderr)
+            return 2
+        try:
+            args.rank, args.world_size = slurm_array_rank()
+        except ValueError as e:
+            print(f"aligngpt-score: error: {e}", file=sys.stderr)
+            return 2
     from aligngpt_plugin.core.level_edges import LevelSplitError
     from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, print_summary, score_dataset
     from aligngpt_plugin.scoring.records import InputError
