@@ -134,6 +134,30 @@ def test_other_backbones_are_refused_naming_the_supported_ones(tiny, tmp_path):
     assert config_for_base(llava_llama, AlignmentConfig(), "x").model_type == "aligngpt_llava"
 
 
+def test_the_config_keeps_the_alignment_settings_it_was_given(tmp_path):
+    """--align_levels reaches the model as the AlignmentConfig the command line built (not rebuilt from the
+    config's dict on each access), while config.json holds the same `alignment` dict as ever."""
+    import json
+
+    from transformers import AutoConfig, LlamaConfig
+
+    from aligngpt_plugin.core.alignment import AlignmentConfig
+    from aligngpt_plugin.integrations.llava.configuration import config_for_base
+
+    alignment = AlignmentConfig(num_levels=4, mode="global")
+    config = config_for_base(LlamaConfig(hidden_size=64, num_attention_heads=4), alignment, "x")
+    assert config.alignment_config is alignment and config.alignment_config is config.alignment_config
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["alignment"] == {"num_levels": 4, "gate_hidden_size": 256, "gate_tokens": 576, "gate_input": "fixed",
+                                  "gate_text": "all", "mode": "global", "fixed_level": None}
+    assert not any("_alignment" in key for key in saved)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.alignment_config == alignment and loaded.alignment_config is loaded.alignment_config
+    loaded.alignment["mode"] = "adaptive"  # an edit of the dict is seen
+    assert loaded.alignment_config.mode == "adaptive"
+
+
 def test_pretraining_without_levels_in_the_data_fails_clearly(tiny, tmp_path):
     with pytest.raises(RuntimeError, match="have no alignment level"):
         pipeline.train(pipeline.pretrain_args(tiny, tmp_path / "x", PRE, extra=FLAG))

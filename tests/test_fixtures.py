@@ -92,6 +92,25 @@ def test_cli_writes_everything(tmp_path):
     assert len(json.loads(paths.pretrain.read_text())) == 3
 
 
+def test_cli_flags_are_the_specs_fields(tmp_path, capsys):
+    """aligngpt-fixtures' flags are FixtureSpec's fields (dashed), with their help and defaults; a spec
+    FixtureSpec refuses ends the command with exit 2 and the reason."""
+    import dataclasses
+
+    from aligngpt_plugin.fixtures import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    for f in dataclasses.fields(FixtureSpec):
+        assert f"--{f.name.replace('_', '-')} {f.name.upper()} {' '.join(f.metadata['help'].split())} " \
+               f"(default: {f.default})" in text
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path), "--hidden-size", "30"])
+    assert info.value.code == 2 and "hidden_size=30 is not divisible by num_heads=4" in capsys.readouterr().err
+
+
 def test_fixture_clip_is_drawn_with_transformers_own_init_laws():
     """The fixture CLIP is redrawn from its own seed (the same on 4.57 and 5.x) with the laws of
     transformers' CLIP initialisation: each weight's spread equals that of a CLIPModel transformers built."""
