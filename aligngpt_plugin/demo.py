@@ -2,7 +2,8 @@
 
     make demo                                    # installs what it needs, then runs this (< 10 min, 2 cores)
     python -m aligngpt_plugin.demo --out runs/demo
-    python -m aligngpt_plugin.demo --out runs/quick --quick          # the test suite's size (~2 min)
+    python -m aligngpt_plugin.demo --out runs/quick --quick          # the test suite's size (2 seeds)
+    python -m aligngpt_plugin.demo --out runs/demo --seeds 0 1 2 3 4 # more training seeds
     python -m aligngpt_plugin.demo --out runs/demo --report-only     # redraw report.md and its figures
 
 AlignGPT claims that pre-training pairs differ in how well caption and image match, that CLIP scores
@@ -14,11 +15,17 @@ The demo tests that in miniature, with the truth known, each stage through the e
 2. CLIP: a tiny open_clip model trained contrastively (open_clip's ClipLoss) on other shape pictures;
    its held-out AUC of true against false captions; its vision half as LLaVA's tower -> `clip/`.
 3. `aligngpt-score` with that CLIP: scores and 8 levels, and how the levels follow the truth -> `levels/`.
-4. AlignGPT (`--align_levels 8`) and plain LLaVA, same seed, data and steps: stage 1 (pre-training)
-   and stage 2 (instruction tuning) with `python -m aligngpt_plugin.train` -> `aligngpt/`, `llava/`.
-5. LLaVA's `model_vqa_loader` on held-out pictures, questions on colour, shape and place; AlignGPT's
-   gate weights per question -> `eval/`.
-6. `report.md` with the numbers and figures, `summary.json`.
+4. For each training seed (default 0, 1, 2), AlignGPT (`--align_levels 8`) and plain LLaVA, same data
+   and steps, both from one shared start (`seed<k>/start.bin`): stage 1 (pre-training) and stage 2
+   (instruction tuning) with `python -m aligngpt_plugin.train` -> `seed<k>/aligngpt/`, `seed<k>/llava/`.
+5. The level probe: each stage-1 checkpoint captions the held-out pictures, AlignGPT's once per fixed
+   level; the captions' colour, shape and place are scored against the pictures -> `seed<k>/probe/`.
+6. LLaVA's `model_vqa_loader` on the held-out pictures, a question on colour, shape and place each;
+   AlignGPT's gate weights per question -> `seed<k>/eval/`.
+7. `report.md` with the numbers, paired exact tests and figures; `summary.json`.
+
+Data, CLIP, levels and the LLM's language warm-up are made once (`--data-seed`) and shared by all
+training seeds; the seeds vary the start weights, data order and everything the two trainings draw.
 
 The LLM is a tiny Llama with Vicuna-v1.5's tokenizer, first trained a minute as a plain LM on captions
 and alt-text without images (as Vicuna, it reads the captions' language before stage 1 freezes it): its
@@ -41,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     parser.add_argument("--quick", action="store_true", help="small data and short trainings (the test suite's)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds data, CLIP, LLM and trainings (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help=f"training seeds (default {' '.join(map(str, defaults.seeds))}; --quick: "
+                             f"{' '.join(map(str, DemoSettings.quick().seeds))})")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seeds data, CLIP and the LLM's language warm-up (default 0)")
+    parser.add_argument("--eval-pictures", type=int, default=None,
+                        help=f"held-out pictures, one question of each kind (default {defaults.eval_pictures})")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help=f"trainings run at once (default {defaults.jobs}; 1: one after another, with "
+                             "progress bars)")
     parser.add_argument("--pretrain-epochs", type=float, default=None,
                         help=f"stage 1 epochs (default {defaults.pretrain_epochs:g})")
     parser.add_argument("--finetune-epochs", type=float, default=None,
@@ -60,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from aligngpt_plugin.devkit.demo_experiment import run
 
-    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
-    settings.clip.seed = settings.language.seed = args.seed
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings.data_seed = args.data_seed
     settings.levels = args.levels
+    for name in ("seeds", "eval_pictures", "jobs"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings, name, tuple(value) if name == "seeds" else value)
+    if len(set(settings.seeds)) != len(settings.seeds) or settings.jobs < 1 or settings.eval_pictures < 1:
+        parser.error(f"--seeds must differ from each other ({settings.seeds}), --jobs and --eval-pictures be >= 1")
     if args.pretrain_epochs is not None:
         settings.pretrain_epochs = args.pretrain_epochs
     if args.finetune_epochs is not None:

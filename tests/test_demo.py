@@ -1,9 +1,11 @@
 """`make demo`: AlignGPT beside LLaVA on shapes with captions of known truth, through the real entry points.
 
-The full demo is not run here; `--quick` runs every stage on small data and its assertions check what
-the demo's result rests on: the CLIP separates true from false captions on held-out pictures, the
-levels follow the truth, both models train and answer, the gate is read per question kind, the report
-has its figures.
+The full demo is not run here; `--quick` runs every stage on small data (2 training seeds) and its
+assertions check what the demo's result rests on: the CLIP separates true from false captions on
+held-out pictures, the levels follow the truth, every seed trains both models, every question is
+answered, the level probe captions every picture at every level, the gate is read per question kind,
+the report has its figures. Its statistics are checked against hand computations in test_demo_stats.py;
+the shared start of both models here.
 """
 
 from __future__ import annotations
@@ -83,7 +85,56 @@ def test_demo_data_keeps_the_truth_of_each_caption(tmp_path):
     assert (data.images / questions[0]["image"]).is_file()
 
 
-def test_quick_demo_trains_both_models_and_reports(tmp_path):
+def test_both_models_start_stage_1_from_the_same_weights(tiny, llava_ready, tmp_path):
+    """The demo's shared start (`write_start`): without it the same seed gives AlignGPT and LLaVA different
+    projectors, because AlignGPT's model draws its alignment module from the RNG before LLaVA's
+    initialize_vision_modules draws the projector; with it (stage 1's --pretrain_mm_mlp_adapter) both
+    projectors, and AlignGPT's alignment module, are the file's."""
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    from aligngpt_plugin.devkit.demo_experiment import write_start
+    from aligngpt_plugin.devkit.tiny_checkpoints import vision_module_args
+    from aligngpt_plugin.integrations.llava.model import AlignGPTConfig, AlignGPTLlamaForCausalLM
+    from aligngpt_plugin.integrations.llava.training import split_alignment_args
+
+    vision = CLIPVisionConfig.from_pretrained(tiny.clip)
+    flags = ("--align_levels", "8", "--align_gate_tokens", str((vision.image_size // vision.patch_size) ** 2))
+    base = AutoConfig.from_pretrained(tiny.llm).to_dict()
+    base.pop("model_type", None)
+    alignment = split_alignment_args(list(flags))[0].to_dict()
+
+    def build(aligngpt: bool, start=None):
+        """As LLaVA's train() builds the model after the plugin seeded every RNG with --seed; also the RNG's
+        state when the projector is drawn."""
+        torch.manual_seed(5)
+        if aligngpt:
+            config = AlignGPTConfig(alignment=alignment, **base)
+            model = AlignGPTLlamaForCausalLM.from_pretrained(tiny.llm, config=config)
+        else:
+            model = LlavaLlamaForCausalLM.from_pretrained(tiny.llm)
+        state = torch.get_rng_state()
+        model.get_model().initialize_vision_modules(vision_module_args(tiny.clip, start))
+        return model, state
+
+    def projector(model):
+        return model.get_model().mm_projector.state_dict()
+
+    (plain_a, state_a), (plain_l, state_l) = build(True), build(False)
+    assert not torch.equal(state_a, state_l)  # the cause: AlignGPT's constructor has drawn from the RNG already
+    assert not torch.equal(projector(plain_a)["0.weight"], projector(plain_l)["0.weight"])
+
+    start = write_start(tmp_path / "start.bin", 5, vision.hidden_size, base["hidden_size"], flags)
+    weights = torch.load(start, weights_only=True)
+    (a, _), (llava, _) = build(True, start), build(False, start)
+    for key, value in projector(llava).items():
+        assert torch.equal(value, weights[f"model.mm_projector.{key}"])
+        assert torch.equal(projector(a)[key], value)
+    for key, value in a.get_model().alignment.state_dict().items():
+        assert torch.equal(value, weights[f"model.alignment.{key}"])
+
+
+def test_quick_demo_trains_both_models_for_every_seed_and_reports(tmp_path):
     from aligngpt_plugin.demo import main  # aligngpt-demo, as `make demo` runs it
 
     out = tmp_path / "demo"
@@ -99,27 +150,49 @@ def test_quick_demo_trains_both_models_and_reports(tmp_path):
     levelled = json.loads((out / "levels" / "pretrain_levels.json").read_text())
     assert sorted({r["align_level"] for r in levelled}) == list(range(8)) and all("truth" in r for r in levelled)
 
-    models = summary["models"]
-    assert set(models) == {"aligngpt", "llava"}
-    weights = torch.load(out / "aligngpt" / "pretrain" / "mm_projector.bin", map_location="cpu", weights_only=True)
+    # every seed ran both models, and every held-out question was answered once by each
+    seeds = [str(s) for s in summary["settings"]["seeds"]]
+    assert len(seeds) >= 2 and set(summary["runs"]) == set(seeds) == set(summary["accuracy"]["per_seed"])
+    questions = [json.loads(line) for line in (out / "data" / "questions.jsonl").read_text().splitlines()]
+    assert len(questions) == 3 * summary["settings"]["eval_pictures"]
+    for seed in seeds:
+        assert (out / f"seed{seed}" / "start.bin").is_file()
+        for model in ("aligngpt", "llava"):
+            answered = [json.loads(line)["question_id"]
+                        for line in (out / f"seed{seed}" / "eval" / f"{model}_answers.jsonl").read_text().splitlines()]
+            assert sorted(answered) == sorted(q["question_id"] for q in questions)
+            per_kind = summary["accuracy"]["per_seed"][seed][model]
+            assert sum(k["n"] for k in per_kind.values()) == len(questions)
+            run = summary["runs"][seed][model]
+            assert run["finetune_loss"][-1] < run["finetune_loss"][0]
+            steps = summary["settings"]["pretrain_pairs"] // summary["settings"]["batch_size"]
+            assert len(run["pretrain_loss"]) == steps  # stage 1 logs every step (step 1: the shared start's loss)
+        assert set(summary["accuracy"]["paired"]["colour"]["per_seed"]) == set(seeds)
+        # the level probe captioned every held-out picture at every level, and with LLaVA's stage 1
+        probe = summary["probe"]["per_seed"][seed]
+        assert set(probe) == {f"level {k}" for k in range(8)} | {"LLaVA"}
+        assert all(c["n"] == 3 * summary["settings"]["eval_pictures"] for c in probe.values())
+        # the gate ran on every question, per kind: 7 local-level weights forming a distribution
+        for g in summary["gates"]["per_seed"][seed]["per_kind"].values():
+            assert g["gated"] == g["samples"] > 0
+            assert sum(g["mean_weights"]) == pytest.approx(1, abs=1e-4) and len(g["mean_weights"]) == 7
+        assert 0 < summary["gates"]["per_seed"][seed]["test"]["p"] <= 1
+
+    weights = torch.load(out / "seed0" / "aligngpt" / "pretrain" / "mm_projector.bin", map_location="cpu",
+                         weights_only=True)
     assert any("alignment.level_embeddings" in k for k in weights)  # stage 1 learnt the levels
-    plain = torch.load(out / "llava" / "pretrain" / "mm_projector.bin", map_location="cpu", weights_only=True)
+    plain = torch.load(out / "seed0" / "llava" / "pretrain" / "mm_projector.bin", map_location="cpu",
+                       weights_only=True)
     assert not any("alignment" in k for k in plain)
-    config = json.loads((out / "aligngpt" / "aligngpt-shapes-finetune" / "config.json").read_text())
+    config = json.loads((out / "seed0" / "aligngpt" / "aligngpt-shapes-finetune" / "config.json").read_text())
     assert config["model_type"] == "aligngpt_llava" and config["alignment"]["num_levels"] == 8
-    for r in models.values():
-        assert r["finetune_loss"][-1] < r["finetune_loss"][0]
-        assert set(r["accuracy"]) == {"colour", "shape", "place"}
-    # the gate ran on every question, per kind: 7 local-level weights forming a distribution
-    for g in models["aligngpt"]["gates"]["per_kind"].values():
-        assert g["gated"] == g["samples"] > 0
-        assert sum(g["mean_weights"]) == pytest.approx(1, abs=1e-4) and len(g["mean_weights"]) == 7
 
     report = (out / "report.md").read_text()
-    for figure in ("scores_by_truth.png", "loss_curves.png", "accuracy.png", "gate_heatmap.png"):
+    for figure in ("scores_by_truth.png", "loss_curves.png", "accuracy.png", "level_probe.png", "gate_heatmap.png"):
         assert f"]({figure})" in report and (out / figure).stat().st_size > 1000
-    assert "aligngpt_plugin.demo" in report and "| colour |" in report
-    assert set(summary["seconds"]) >= {"total"} and len(summary["seconds"]) >= 10
+    assert "aligngpt_plugin.demo" in report and "| colour | AlignGPT |" in report and "exact McNemar" in report
+    assert "| level 7 vs level 0 |" in report
+    assert {"total", "CLIP", "seed 0 aligngpt: stage 1", "seed 1 llava: eval"} <= set(summary["seconds"])
 
     (out / "report.md").unlink()
     assert main(["--out", str(out), "--report-only"]) == 0  # the figures' command

@@ -9,7 +9,8 @@ What `make demo` trains and tests on (see `aligngpt_plugin.devkit.demo_experimen
 - instruction-tuning conversations (LLaVA's `v1` layout) with short-answer questions about colour,
   shape and place, all answered right;
 - held-out questions (`model_vqa_loader`'s question file) on pictures no stage saw, one of each kind
-  per picture, with the answer and the kind (`category`).
+  per picture, with the answer and the kind (`category`); the same pictures' truth (`heldout.json`) for
+  the level probe, which captions them.
 
 Pictures differ in size, background, shape size and position jitter, so no two are the same.
 """
@@ -171,6 +172,7 @@ class DemoData:
     pretrain: Path
     finetune: Path
     questions: Path
+    heldout: Path  # [{image, colour, shape, place}] of the held-out pictures
 
 
 def write_demo_data(root: Path, n_pretrain: int, n_finetune: int, n_eval: int, seed: int = 0) -> DemoData:
@@ -180,8 +182,11 @@ def write_demo_data(root: Path, n_pretrain: int, n_finetune: int, n_eval: int, s
     pre = write_pictures(images, n_pretrain, rng, "pretrain")
     ft = write_pictures(images, n_finetune, rng, "finetune")
     ev = write_pictures(images, n_eval, rng, "heldout")
-    out = DemoData(images, root / "pretrain.json", root / "finetune.json", root / "questions.jsonl")
+    out = DemoData(images, root / "pretrain.json", root / "finetune.json", root / "questions.jsonl",
+                   root / "heldout.json")
     out.pretrain.write_text(json.dumps(pretrain_records(pre, rng), indent=1))
     out.finetune.write_text(json.dumps(finetune_records(ft, rng), indent=1))
     out.questions.write_text("".join(json.dumps(q) + "\n" for q in question_records(ev)))
+    out.heldout.write_text(json.dumps([{"image": p.file, "colour": p.colour, "shape": p.shape, "place": p.place}
+                                       for p in ev], indent=1))
     return out
