@@ -26,7 +26,8 @@ from released_layout import (
     write_released,
     write_released_pretrain,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from weight_reports import assert_every_weight_in_place, weight_reports
 
 from aligngpt_plugin.devkit import pipeline
 
@@ -55,8 +56,7 @@ def transformers_warnings():
 
 
 def no_weight_warnings(messages: list[str]) -> None:
-    bad = [m for m in messages if "not used" in m or "newly initialized" in m or "not initialized" in m]
-    assert not bad, bad[0][:500]
+    assert_every_weight_in_place(messages)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_converted_loads_with_every_weight_in_place(tiny, released, tmp_path, fm
     assert convert_cli("to-plugin", folder, tmp_path / "plugin").returncode == 0
     with transformers_warnings() as warned:
         loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path / "plugin", output_loading_info=True)
-    no_weight_warnings(warned)
+    assert_every_weight_in_place(warned, info)
     assert type(loaded) is AlignGPTLlamaForCausalLM
     # transformers 5 reports sets, 4.x lists
     assert {k: list(v) for k, v in info.items()} == {
@@ -171,6 +171,38 @@ def test_converted_loads_with_every_weight_in_place(tiny, released, tmp_path, fm
     assert torch.equal(ours["model.layers.1.mlp.up_proj.weight"], state["model.layers.1.mlp.up_proj.weight"])
 
 
+@pytest.mark.parametrize("plant", ["unused", "missing", "both"])
+def test_a_planted_unused_or_missing_weight_fails_the_loading_checks(converted, tmp_path, plant):
+    """The checks above, shown failing: the converted checkpoint with a weight no parameter takes and/or
+    without the gate's bias, loaded as the tests load it, on either transformers line."""
+    from transformers import AutoModelForCausalLM
+
+    import aligngpt_plugin  # noqa: F401
+
+    state = {}
+    for f in converted.glob("*.safetensors"):
+        state.update(load_file(f))
+    if plant in ("unused", "both"):
+        state["model.alignment.extra_table"] = torch.zeros(3, 4)
+    if plant in ("missing", "both"):
+        del state["model.alignment.gate.0.bias"]
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    for f in converted.iterdir():
+        if f.is_file() and not f.name.startswith("model"):
+            (folder / f.name).symlink_to(f)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with transformers_warnings() as warned:
+        _, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert ("model.alignment.extra_table" in info["unexpected_keys"]) == (plant != "missing")
+    assert ("model.alignment.gate.0.bias" in info["missing_keys"]) == (plant != "unused")
+    assert weight_reports(warned), "transformers reported nothing in the log"
+    with pytest.raises(AssertionError):
+        assert_every_weight_in_place(warned)  # the log alone
+    with pytest.raises(AssertionError):
+        assert_every_weight_in_place([], info)  # the loading info alone
+
+
 def test_readme_snippet_loads_a_converted_checkpoint(converted, tmp_path):
     """The README's loading snippet, run as written, from a folder where its path exists."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -181,7 +213,7 @@ def test_readme_snippet_loads_a_converted_checkpoint(converted, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AlignGPTLlamaForCausalLM finetune" in proc.stdout
-    assert "not used" not in proc.stderr and "newly initialized" not in proc.stderr
+    assert_every_weight_in_place(proc.stdout + proc.stderr)
 
 
 # --- parity with the public code's forward --------------------------------------------------------------
@@ -541,3 +573,30 @@ def test_from_plugin_refuses_a_mistral_checkpoint_saying_why(tiny, tmp_path):
     proc = convert_cli("from-plugin", tmp_path / "mistral", tmp_path / "out")
     assert proc.returncode == 2 and "the public AlignGPT code is Llama only" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- the weight-report reader the loading checks use ----------------------------------------------------
+
+REPORT_5X = """\x1b[1mCLIPVisionModel LOAD REPORT\x1b[0m from: /tmp/clip
+Key                                                | Status     |  |
+---------------------------------------------------+------------+--+-
+text_model.encoder.layers.{0, 1}.mlp.fc1.weight    | \x1b[33mUNEXPECTED\x1b[0m |  |
+logit_scale                                        | UNEXPECTED |  |
+{extra}
+Notes:
+- UNEXPECTED:\tcan be ignored when loading from different task/architecture; not ok if you expect identical arch."""
+
+
+@pytest.mark.parametrize("extra, flagged", [
+    ("", False),  # LLaVA's CLIP tower from a whole CLIP checkpoint: the text half is unused by design
+    ("vision_model.post_layernorm.weight                 | MISSING    |  |", True),
+    ("vision_model.extra.weight                          | UNEXPECTED |  |", True),
+])
+def test_weight_reports_allow_only_the_clip_towers_text_half(extra, flagged):
+    report = REPORT_5X.replace("{extra}", extra)
+    assert bool(weight_reports(report)) == flagged
+    assert bool(weight_reports(report.replace("CLIPVisionModel", "AlignGPTLlamaForCausalLM"))) is True
+    assert weight_reports("Some weights of the model checkpoint at x were not used when initializing Y: ['a']")
+    assert weight_reports("Some weights of Y were not initialized from the model checkpoint at x and are newly "
+                          "initialized: ['b']")
+    assert not weight_reports("loading weights from x\nall fine")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers  # noqa: F401  - before the integration: the package registers its types on this import
 
 from aligngpt_plugin.conversion.streaming import (
     ADAPTER_NAMES,
