@@ -28,62 +28,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aligngpt_plugin.scoring.backends import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+def score_flags():
+    """ScoreConfig's fields as aligngpt-score's flags (help, defaults and choices written once, in the
+    dataclass); the names here are the flags' spellings that differ from the field names."""
+    from aligngpt_plugin.core.flags import DataclassFlags
+    from aligngpt_plugin.scoring.config import ScoreConfig
+
+    return DataclassFlags(ScoreConfig, spelling="dash", skip=("merge",), hidden=("chunk_delay_s",),
+                          names={"data_path": "data", "image_folder": "images", "output_dir": "output",
+                                 "num_levels": "levels", "chunk_delay_s": "chunk-delay"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aligngpt-score", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--data", required=True,
-                   help="LLaVA data file (JSON array or JSON Lines of records), or webdataset shards: a brace "
-                        "pattern ('shards/{00000..00099}.tar'), a folder of .tar files, or a list file (.txt)")
-    p.add_argument("--images", default=None,
-                   help="image folder the records' `image` paths are relative to (JSON input only)")
-    p.add_argument("--output", required=True, help="output folder (work/ inside holds the resumable shards)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="open_clip model name, open_clip config .json, hf-hub:ORG/REPO, local-dir:PATH, or "
-                        "hf:PATH / a transformers CLIP folder (default %(default)s)")
-    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
-                   help="open_clip pretrained tag or checkpoint file; '' for random weights (default %(default)s)")
-    p.add_argument("--levels", type=int, default=None, dest="num_levels",
-                   help="number of equal-count levels (default 8, or that of --levels-from)")
-    p.add_argument("--levels-from", default=None, help="apply the edges of an existing levels.json")
-    p.add_argument("--caption", default="gpt-first", choices=["gpt-first", "gpt-last", "gpt-all"],
-                   help="which gpt turn is the caption; gpt-all joins all turns of a conversation")
-    p.add_argument("--caption-field", default=None,
-                   help="take the caption from this record field instead (shards: this field of the .json member)")
-    p.add_argument("--embeddings", action="store_true",
-                   help="shards: also write the normalised image and text embeddings into each scores parquet")
-    p.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
-                   help="where JPEGs are decoded: cpu (workers), device (nvjpeg on the GPU), auto (the GPU when a "
-                        "probe finds it faster; default)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default %(default)s)")
-    p.add_argument("--num-workers", type=int, default=-1,
-                   help="DataLoader workers decoding images (-1: one per CPU core, at most 16)")
-    p.add_argument("--decode-threads", type=int, default=4,
-                   help="threads decoding the images of one batch inside a worker (default %(default)s)")
-    p.add_argument("--chunk-size", type=int, default=8192,
-                   help="records per shard, the unit of resuming (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when available), cpu, cuda:1, ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--strict", action="store_true", help="stop at the first record that cannot be scored")
-    p.add_argument("--drop-errors", action="store_true",
-                   help="leave unscorable records out of the levelled dataset (default: kept, without a level)")
-    p.add_argument("--keep-top", type=float, default=None, metavar="F",
-                   help="also write <data>_filtered.json: the best-aligned fraction F of the scored records")
-    p.add_argument("--min-score", type=float, default=None, metavar="S",
-                   help="also write <data>_filtered.json: the records scoring at least S (with --keep-top: both)")
-    p.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --output")
-    p.add_argument("--rank", type=int, default=None, help="this job's shard, for jobs started without torchrun")
-    p.add_argument("--world-size", type=int, default=None, help="number of shards, with --rank")
+    score_flags().add_to(p)
     p.add_argument("--slurm-array", action="store_true",
                    help="take --rank and --world-size from a Slurm array job (SLURM_ARRAY_TASK_ID minus "
                         "SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT); then --merge-only once all tasks are done")
     p.add_argument("--merge-only", action="store_true", help="write the outputs from finished shards")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--chunk-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # kill/resume tests
     return p
 
 
@@ -104,7 +69,7 @@ def slurm_array_rank(environ=None) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.slurm_array:
-        if args.rank is not None or args.world_size is not None:
+        if hasattr(args, "rank") or hasattr(args, "world_size"):
             print("aligngpt-score: error: --slurm-array sets --rank and --world-size; give one or the other",
                   file=sys.stderr)
             return 2
@@ -114,28 +79,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aligngpt-score: error: {e}", file=sys.stderr)
             return 2
     from aligngpt_plugin.core.level_edges import LevelSplitError
-    from aligngpt_plugin.scoring import ScoreConfig, ScoreError, merge_only, print_summary, score_dataset
+    from aligngpt_plugin.scoring import ScoreError, merge_only, print_summary, score_dataset
     from aligngpt_plugin.scoring.records import InputError
 
     try:
-        config = ScoreConfig(
-            data_path=args.data, image_folder=args.images, output_dir=args.output, model=args.model,
-            pretrained=args.pretrained, num_levels=args.num_levels, levels_from=args.levels_from,
-            caption=args.caption, caption_field=args.caption_field, embeddings=args.embeddings,
-            decode=args.decode, batch_size=args.batch_size,
-            num_workers=args.num_workers, decode_threads=args.decode_threads, chunk_size=args.chunk_size,
-            device=args.device, precision=args.precision, strict=args.strict, drop_errors=args.drop_errors,
-            keep_top=args.keep_top, min_score=args.min_score,
-            overwrite=args.overwrite, rank=args.rank, world_size=args.world_size, progress=not args.no_progress,
-            chunk_delay_s=args.chunk_delay)
+        config = score_flags().build(args)
         summary = merge_only(config) if args.merge_only else score_dataset(config)
     except (ValueError, InputError, ScoreError, LevelSplitError) as e:
         print(f"aligngpt-score: error: {e}", file=sys.stderr)
         return 2
     if summary is not None:
         print_summary(summary)
-    elif args.rank is not None:
-        print(f"rank {args.rank} of {args.world_size} done; when every rank is, run with --merge-only")
+    elif config.rank is not None:
+        print(f"rank {config.rank} of {config.world_size} done; when every rank is, run with --merge-only")
     return 0
 
 

@@ -337,3 +337,31 @@ def test_fixture_clip_folder_scores_like_transformers_and_levels_suit_pretrainin
     levelled = json.loads((out / "pretrain_levels.json").read_text())
     got = [record_level(r, i, 8, "pretrain_levels.json") for i, r in enumerate(levelled)]
     assert sorted(got) == sorted(i * 8 // len(got) for i in range(len(got)))  # 32 records: 4 per level
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+def test_flags_come_from_score_config_and_keep_their_spellings(tmp_path):
+    """The parser is made from ScoreConfig's fields (help written once, in the dataclass), and every flag the
+    hand-written parser had is still there, building the config a caller would write by hand."""
+    from dataclasses import fields
+
+    from aligngpt_plugin.score import build_parser, score_flags
+    from aligngpt_plugin.scoring import ScoreConfig
+
+    old = ["--data", "--images", "--output", "--model", "--pretrained", "--levels", "--levels-from", "--caption",
+           "--caption-field", "--embeddings", "--decode", "--batch-size", "--num-workers", "--decode-threads",
+           "--chunk-size", "--device", "--precision", "--strict", "--drop-errors", "--keep-top", "--min-score",
+           "--overwrite", "--rank", "--world-size", "--merge-only", "--no-progress", "--chunk-delay"]
+    parser = build_parser()
+    assert set(old) <= set(parser._option_string_actions)
+    flags = score_flags()
+    for f in fields(ScoreConfig):
+        if f.name != "merge":
+            assert flags.help(f.name).startswith(f.metadata["help"]) or f.name == "chunk_delay_s", f.name
+    argv = ["--data", "d.json", "--images", str(tmp_path), "--output", "o", "--levels", "4", "--caption", "gpt-all",
+            "--batch-size", "8", "--keep-top", "0.5", "--no-progress", "--rank", "1", "--world-size", "2",
+            "--pretrained", ""]
+    assert flags.build(parser.parse_args(argv)) == ScoreConfig(
+        data_path="d.json", image_folder=str(tmp_path), output_dir="o", num_levels=4, caption="gpt-all",
+        batch_size=8, keep_top=0.5, progress=False, rank=1, world_size=2, pretrained=None)

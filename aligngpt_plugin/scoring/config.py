@@ -17,14 +17,15 @@ class ScoreError(RuntimeError):
 
 @dataclass
 class ScoreConfig:
-    """Everything a scoring run needs; the CLI flags map one to one."""
+    """Everything a scoring run needs. `aligngpt-score`'s flags are made from these fields (their help,
+    defaults and choices; score.py names the few whose flag is spelled otherwise)."""
 
     data_path: str = field(metadata={
         "help": "LLaVA data file (a JSON array or JSON Lines of records), or webdataset shards: a brace pattern "
                 "(shards/{00000..00099}.tar), a folder of .tar files, or a list file (.txt, one shard a line)"})
-    image_folder: str | None = field(metadata={
-        "help": "folder the records' `image` paths are relative to (JSON input; shards hold their images)"})
     output_dir: str = field(metadata={"help": "where the outputs (and work/, the resumable shards) go"})
+    image_folder: str | None = field(default=None, metadata={
+        "help": "folder the records' `image` paths are relative to (JSON input; shards hold their images)"})
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "open_clip model name, open_clip config .json, hf-hub:/local-dir:, or hf:PATH (transformers CLIP)"})
     pretrained: str | None = field(default=DEFAULT_PRETRAINED, metadata={
@@ -44,7 +45,7 @@ class ScoreConfig:
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     num_workers: int = field(default=-1, metadata={"help": "DataLoader workers (-1: one per CPU core, at most 16)"})
     decode_threads: int = field(default=4, metadata={"help": "threads decoding one batch's images in a worker"})
-    chunk_size: int = field(default=8192, metadata={"help": "records per shard (the unit of resuming)"})
+    chunk_size: int = field(default=8192, metadata={"help": "JSON input: records per chunk (the unit of resuming)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK if available), cpu, cuda, ..."})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
         "help": "autocast dtype; auto is bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere"})
@@ -52,15 +53,17 @@ class ScoreConfig:
     drop_errors: bool = field(default=False, metadata={
         "help": "leave records that could not be scored out of the levelled dataset (default: keep, no level)"})
     keep_top: float | None = field(default=None, metadata={
-        "help": "also write the dataset filtered to the best-aligned fraction F of the scored records (0 < F <= 1)"})
+        "help": "also write the dataset filtered to the best-aligned fraction F of the scored records (0 < F <= 1)",
+        "metavar": "F"})
     min_score: float | None = field(default=None, metadata={
-        "help": "also write the dataset filtered to records scoring at least S (with keep_top: both hold)"})
+        "help": "also write the dataset filtered to records scoring at least S (with --keep-top: both hold)",
+        "metavar": "S"})
     overwrite: bool = field(default=False, metadata={"help": "discard a previous run's shards in output_dir"})
     merge: bool = field(default=True, metadata={"help": "write the outputs after scoring (rank 0)"})
     rank: int | None = field(default=None, metadata={"help": "this job's shard, for jobs run without torchrun"})
     world_size: int | None = field(default=None, metadata={"help": "number of shards, with --rank"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar with images/s"})
-    chunk_delay_s: float = field(default=0.0, metadata={"help": "sleep after each chunk (kill/resume tests)"})
+    chunk_delay_s: float = field(default=0.0, metadata={"help": "sleep after each unit (kill/resume tests)"})
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
