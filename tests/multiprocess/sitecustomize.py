@@ -5,6 +5,9 @@ the Trainer ran it (parallel mode, what wraps the model, world size), the losses
 values of the alignment module, the projector and lm_head (gathered first where ZeRO-3 partitioned
 them), so that the tests can compare the ranks with each other and with a single-process run.
 Without the variable it does nothing.
+
+ALIGNGPT_PLANT_UNREDUCED=1 plants a fault for the tests to catch: DeepSpeed ZeRO-1/2 skip the averaging of
+gradients across the ranks, so each rank updates its partition from its own batch only.
 """
 
 import os
@@ -18,6 +21,10 @@ if os.environ.get("ALIGNGPT_RANK_DUMP"):
 
     @functools.wraps(_train)
     def _train_and_dump(self, *args, **kwargs):
+        if os.environ.get("ALIGNGPT_PLANT_UNREDUCED"):  # here, not at start-up: importing deepspeed prints
+            from deepspeed.runtime.zero import stage_1_and_2
+
+            stage_1_and_2.DeepSpeedZeroOptimizer.average_tensor = lambda self, tensor, communication_data_type: None
         out = _train(self, *args, **kwargs)
         _dump(self, os.environ["ALIGNGPT_RANK_DUMP"])
         return out
