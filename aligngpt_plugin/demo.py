@@ -4,7 +4,7 @@
     python -m aligngpt_plugin.demo --out runs/demo
     python -m aligngpt_plugin.demo --out runs/quick --quick          # the test suite's size (2 seeds)
     python -m aligngpt_plugin.demo --out runs/demo --seeds 0 1 2 3 4 # more training seeds
-    python -m aligngpt_plugin.demo --out runs/demo --report-only     # redraw report.md and its figures
+    python -m aligngpt_plugin.demo --out runs/demo --report-only     # statistics and report again from the files
 
 AlignGPT claims that pre-training pairs differ in how well caption and image match, that CLIP scores
 measure it, and that a model told each pair's level (and later mixing levels per task) does better.
@@ -64,14 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"stage 2 epochs (default {defaults.finetune_epochs:g})")
     parser.add_argument("--levels", type=int, default=LEVELS, help="alignment levels (default %(default)s)")
     parser.add_argument("--report-only", action="store_true",
-                        help="redraw report.md and its figures from --out/report_data.json")
+                        help="recompute the statistics from --out's answer, caption and gate files and redraw "
+                             "report.md, summary.json and the figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     if args.report_only:
+        from aligngpt_plugin.devkit.demo_experiment import rescore
         from aligngpt_plugin.devkit.demo_report import draw
 
-        draw(Path(args.out))
+        out = Path(args.out)
+        if (out / "data" / "questions.jsonl").is_file() and (out / "report_data.json").is_file():
+            rescore(out)  # the numbers again from the run's answer, caption and gate files
+        else:
+            draw(out)
         print(f"report: {Path(args.out) / 'report.md'}")
         return 0
     from aligngpt_plugin.devkit.demo_experiment import run

@@ -129,6 +129,8 @@ def test_level_probe_truth_rates_from_caption_files_with_known_counts(tmp_path):
         "colour": "true", "shape": "true", "place": "true"}
     assert judge("Picture of a blue circle at the left.", PICTURES[0]) == {
         "colour": "false", "shape": "true", "place": "absent"}  # "left" alone names no place
+    assert judge("A red circle, top left. a blue square.", PICTURES[0]) == {  # only the first sentence counts
+        "colour": "true", "shape": "true", "place": "true"}
     assert judge("A red or blue circle.", PICTURES[0])["colour"] == "false"  # a wrong value named beside the right
     assert judge("A red square, top right.", PICTURES[1]) == {"colour": "false", "shape": "true", "place": "false"}
 

@@ -321,6 +321,26 @@ def statistics(out: Path, s: DemoSettings, questions: Path, heldout: Path) -> di
     return result
 
 
+def rescore(out: Path) -> dict:
+    """Recompute the statistics of a finished run from its answer, caption and gate files, then redraw the
+    report (what `aligngpt-demo --report-only` does when the run's files are there)."""
+    from aligngpt_plugin.devkit.demo_report import draw
+
+    out = Path(out).resolve()
+    source = out / "report_data.json"
+    data = json.loads(source.read_text())
+    summary = data["summary"]
+    given = summary["settings"]
+    s = DemoSettings(levels=given["levels"], seeds=tuple(given["seeds"]), models=tuple(given["models"]),
+                     eval_pictures=given["eval_pictures"])
+    numbers = statistics(out, s, out / "data" / "questions.jsonl", out / "data" / "heldout.json")
+    summary |= json.loads(json.dumps(numbers))  # as the report reads them: through JSON
+    write_json_atomic(source, data)
+    write_json_atomic(out / "summary.json", summary, indent=1)
+    draw(out)
+    return summary
+
+
 def run(out: Path, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Everything `aligngpt-demo` does (see `aligngpt_plugin.demo`); returns the summary it writes."""
     s = settings or DemoSettings()

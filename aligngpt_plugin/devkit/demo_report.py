@@ -316,7 +316,8 @@ def markdown(summary: dict) -> str:
     lines = [
         "# AlignGPT vs LLaVA on shapes: the demo's result",
         "",
-        f"Made by `{COMMAND}`; the figures are redrawn from `report_data.json` by `{REDRAW}`.",
+        f"Made by `{COMMAND}`; `{REDRAW}` recomputes every statistic from the run's answer, caption and gate "
+        "files and redraws this report and its figures.",
         f"Training seeds {', '.join(seeds)}: each trains both models (stage 1 and stage 2) from one shared start. "
         f"Fixed across seeds (data seed {s['data_seed']}): the pictures, captions and questions, the CLIP and its "
         "levels, the tiny LLM and its language warm-up. The spread over seeds is therefore the training's "
@@ -381,7 +382,9 @@ def markdown(summary: dict) -> str:
         "## 4. The level token, probed (after stage 1)",
         f"Each seed's stage-1 checkpoints caption the {n_q} held-out pictures (greedy, LLaVA's `plain` input: BOS, "
         "the picture, then the caption; AlignGPT with its level token fixed at each level, `fixed_level`; LLaVA "
-        "without one). A caption's colour, shape and place are scored against the picture's known truth. If "
+        "without one). The colour, shape and place named in a caption's first sentence (every caption it learnt is "
+        "one sentence; a model that does not stop goes on repeating) are scored against the picture's known "
+        "truth. If "
         "the level tells the model how well text and image match, a high level should give more true "
         f"attributes than a low one. Compared: level {top} (top) against level 0 (lowest), level {mid} (middle) "
         "and LLaVA.",

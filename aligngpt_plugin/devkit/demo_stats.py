@@ -185,12 +185,20 @@ def mentioned(text: str, attribute: str) -> set[str]:
     return {v for v in ATTRIBUTE_VALUES[attribute] if re.search(rf"\b{re.escape(v)}\b", low)}
 
 
+def first_sentence(text: str) -> str:
+    """The caption proper: up to its first full stop. Every caption the model learnt is one sentence; a
+    model that does not stop at the separator goes on with more, which are not scored."""
+    return text.split(".", 1)[0]
+
+
 def judge(text: str, truth: dict[str, str]) -> dict[str, str]:
-    """Per attribute (colour, shape, place; `truth` holds the picture's values): 'true' (names the right
-    value and no other), 'false' (names a wrong value) or 'absent' (names none)."""
+    """Per attribute (colour, shape, place; `truth` holds the picture's values) of the caption's first
+    sentence: 'true' (names the right value and no other), 'false' (names a wrong value) or 'absent'
+    (names none)."""
     out = {}
+    sentence = first_sentence(text)
     for attribute in ATTRIBUTE_VALUES:
-        named = mentioned(text, attribute)
+        named = mentioned(sentence, attribute)
         out[attribute] = "absent" if not named else ("true" if named == {truth[attribute]} else "false")
     return out
 
