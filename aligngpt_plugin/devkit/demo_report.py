@@ -171,7 +171,10 @@ def accuracy_findings(summary: dict) -> list[str]:
             f"(mean over {len(acc['seeds'])} seeds, SD, range). AlignGPT ahead in {ahead}, behind in "
             f"{t['sign']['negative']} of {len(acc['seeds'])} seeds; per-seed exact McNemar p: "
             + ", ".join(pval(x["p"]) for x in t["per_seed"].values())
-            + f"; seeds pooled (Stouffer): {verdict(t['stouffer']['p'])}.")
+            + f"; sign test over seeds p = {pval(t['sign']['p'])}; seeds pooled (Stouffer, z "
+            f"{t['stouffer']['z']:+.2f}, positive when AlignGPT is ahead): {verdict(t['stouffer']['p'])}"
+            + ("" if len(t["per_seed"]) < 2 or t["sign"]["negative"] == 0 or t["sign"]["positive"] == 0 else
+               " (the seeds disagree in direction)") + ".")
     return out
 
 
