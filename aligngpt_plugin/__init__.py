@@ -15,13 +15,20 @@ import importlib.abc
 import importlib.util
 import sys
 
+_REGISTERING_MODULES = ("aligngpt_plugin.integrations.llava.configuration",
+                        "aligngpt_plugin.integrations.hf.configuration_aligngpt")
+
 
 def _register() -> None:
-    from aligngpt_plugin.integrations.hf.configuration_aligngpt import register as register_hf
-    from aligngpt_plugin.integrations.llava.configuration import register as register_llava
+    import importlib
 
-    register_llava()
-    register_hf()
+    for name in _REGISTERING_MODULES:
+        loading = sys.modules.get(name)
+        if loading is not None and getattr(loading.__spec__, "_initializing", False):
+            # this module's own import pulled transformers in: it is half loaded, and registers
+            # itself at its end (importing it here would re-enter it)
+            continue
+        importlib.import_module(name).register()
 
 
 class _RegisteringLoader(importlib.abc.Loader):

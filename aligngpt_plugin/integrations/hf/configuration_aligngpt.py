@@ -65,3 +65,6 @@ def register() -> None:
         from aligngpt_plugin.integrations.hf.processing_aligngpt import AlignGPTLlavaProcessor
 
         AutoProcessor.register(AlignGPTLlavaConfig, AlignGPTLlavaProcessor)
+
+
+register()  # idempotent; see aligngpt_plugin/__init__.py for when it runs

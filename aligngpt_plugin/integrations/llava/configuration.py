@@ -131,3 +131,6 @@ def register() -> None:
     for config in (*ALIGNGPT_CONFIGS, ReleasedAlignGPTConfig):
         if config.model_type not in CONFIG_MAPPING:
             AutoConfig.register(config.model_type, config)
+
+
+register()  # idempotent; see aligngpt_plugin/__init__.py for when it runs
