@@ -4,6 +4,10 @@ LLaVA-original AlignGPT."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -196,3 +200,32 @@ def test_plain_llava_checkpoint_in_transformers_llava_gives_llavas_logits(tiny, 
         theirs = llava.eval()(input_ids=ids[None], images=pictures[0][None]).logits
         ours = hf(input_ids=hf_ids[None], pixel_values=pictures[0][None]).logits
     torch.testing.assert_close(ours[..., :theirs.shape[-1]], theirs, atol=LOGITS_ATOL, rtol=0)
+
+
+def convert_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "aligngpt-convert"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_convert_command_to_hf_and_back_as_typed(tiny, released, hf_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    source = write_released(tmp_path / "aligngpt-7b", *released, tiny.llm)
+    proc = convert_cli("to-hf", source, tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {tmp_path / 'hf'}"
+    ours = {}
+    for f in sorted((tmp_path / "hf").glob("*.safetensors")):
+        ours.update(load_file(f))
+    fixture = {}
+    for f in sorted(hf_folder.glob("*.safetensors")):
+        fixture.update(load_file(f))
+    assert ours.keys() == fixture.keys() and all(torch.equal(ours[k], fixture[k]) for k in ours)
+    back = convert_cli("from-hf", tmp_path / "hf", tmp_path / "llava", "--vision-tower", tiny.clip)
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "llava" / "config.json").is_file()
+    again = convert_cli("to-hf", source, tmp_path / "hf")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    (tmp_path / "empty").mkdir()
+    empty = convert_cli("to-hf", tmp_path / "empty", tmp_path / "out")
+    assert empty.returncode == 2 and "has no config.json" in empty.stderr and not (tmp_path / "out").exists()
