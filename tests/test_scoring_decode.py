@@ -8,10 +8,6 @@ import contextlib
 import os
 
 import pytest
-
-pytest.importorskip("pyarrow")
-pytest.importorskip("webdataset")
-
 import scoring_helpers  # noqa: E402
 from scoring_helpers import make_config, write_pictures, write_tar_shard, write_tiny_open_clip  # noqa: E402
 

@@ -9,10 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
-pytest.importorskip("pyarrow")
-pytest.importorskip("webdataset")
-
 import scoring_helpers  # noqa: E402
 from scoring_helpers import (  # noqa: E402
     REPO,

@@ -12,10 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("pyarrow")
-pytest.importorskip("webdataset")
-
 import scoring_helpers  # noqa: E402
 from scoring_helpers import (  # noqa: E402
     make_config,

@@ -15,14 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-pytest.importorskip("webdataset")
-
-import scoring_helpers  # noqa: E402
-from scoring_helpers import (  # noqa: E402
+import scoring_helpers
+from scoring_helpers import (
     child_env,
     cli_args,
     make_config,
