@@ -5,6 +5,8 @@ logits, gate weights, loss and greedy tokens)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -279,18 +281,20 @@ def test_the_processor_puts_the_token_after_bos_of_image_samples_only(tiny, conv
     assert out["attention_mask"][1].sum() == len(plain[1]) and out["pixel_values"].shape == (1, 3, 336, 336)
 
 
-def test_readme_chat_template_then_generate(tiny, converted):
-    """The README's example, as written there, on the converted tiny checkpoint."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def test_readme_chat_template_then_generate(tiny, converted, tmp_path, monkeypatch, capsys):
+    """The README's example, run as written there, on the converted tiny checkpoint."""
+    from pathlib import Path
 
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"<!-- hf-example -->\n```python\n(.*?)```", readme, re.S).group(1)
     _, folder = converted
-    image = Image.open(next(tiny.images.glob("*.jpg"))).convert("RGB")
-    model = AutoModelForImageTextToText.from_pretrained(folder)
-    processor = AutoProcessor.from_pretrained(folder)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    answer = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert isinstance(answer, str) and model.last_gate_weights.shape == (1, 7)
-    assert inputs["input_ids"][0, 1] == processor.alignment_token_id
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "aligngpt-7b-hf").symlink_to(folder)
+    (tmp_path / "picture.jpg").write_bytes(next(tiny.images.glob("*.jpg")).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    assert scope["model"].last_gate_weights.shape == (1, 7) and "tensor(" in printed
+    assert scope["inputs"]["input_ids"][0, 1] == scope["processor"].alignment_token_id
+    assert scope["output"].shape[1] > scope["inputs"]["input_ids"].shape[1]
