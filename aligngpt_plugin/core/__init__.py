@@ -7,6 +7,7 @@
 - `patch_loss`: the patch-alignment loss (docs/method.md#patch-aligned-pre-training);
 - `patch_geometry`: patch labels (boxes, polygons, RLE masks) mapped onto a vision tower's patch grid;
 - `metrics`: nearest words, precision against labels, effective rank, matching pursuit;
+- `flags`: a settings dataclass's fields as command-line flags (every command's options come from one place);
 - `fileio`: atomic writes and JSON Lines, used by every writer of the plugin.
 
 May import: the standard library, torch, numpy, PIL (and DeepSpeed, lazily, to gather ZeRO-3 weights).

@@ -6,7 +6,9 @@ never copied.
 - `model`: AlignGPT on LLaVA's language backbones (the alignment token after BOS, stages, generate);
 - `data`, `aligngpt_training`: the level-aware dataset and collator, and what `--align_levels` switches in
   `train()`;
-- `patch_training`: `--patch_align_weight` (patch-aligned pre-training);
+- `features`: the registry of training features that `training` loops over;
+- `patch_training`, `patch_data`: the patch-alignment feature (`--patch_align_*`: settings, trainer,
+  enabling; its dataset and collator);
 - `lora_training`: LoRA/QLoRA through LLaVA's flags;
 - `loader`: LLaVA's `load_pretrained_model`, dispatching on the config instead of the folder name;
 - `training`: the entry point's work (`python -m aligngpt_plugin.train`).
