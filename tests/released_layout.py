@@ -204,3 +204,28 @@ class ReleasedReference(nn.Module):
                            position_ids=torch.tensor([[position]]), use_cache=True)
             step_logits.append(out.logits[0, -1])
         return tokens, step_logits
+
+
+def question_pictures(tiny, count: int = 2) -> list[torch.Tensor]:
+    """The first `count` held-out question pictures of the fixtures, as CLIP's processor gives them: [3, H, W]."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
+    files = sorted(tiny.images.glob("question_*"))[:count]
+    return [processor.preprocess(Image.open(f).convert("RGB"), return_tensors="pt")["pixel_values"][0] for f in files]
+
+
+def tokenize(tiny, prompt: str, answer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaVA's ids for `prompt` (the image placeholder -200, by LLaVA's own `tokenizer_image_token`) plus the
+    answer and EOS, and labels on the answer only."""
+    from llava.mm_utils import tokenizer_image_token
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny.llm, use_fast=False)
+    ids = tokenizer_image_token(prompt, tok, return_tensors="pt")
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    if answer is not None:
+        answer_ids = torch.tensor(tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id])
+        ids, labels = torch.cat([ids, answer_ids]), torch.cat([labels, answer_ids])
+    return ids, labels

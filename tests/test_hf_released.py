@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from released_layout import IGNORE_INDEX, IMAGE_TOKEN_INDEX, ReleasedReference, released_state, write_released
+from released_layout import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    ReleasedReference,
+    question_pictures,
+    released_state,
+    tokenize,
+    write_released,
+)
 
 import aligngpt_plugin  # noqa: F401  (registers the config types)
 
@@ -42,25 +49,7 @@ def model(hf_folder):
 
 @pytest.fixture(scope="module")
 def pictures(tiny):
-    from transformers import CLIPImageProcessor
-
-    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
-    files = sorted(tiny.images.glob("question_*"))[:2]
-    return [processor.preprocess(Image.open(f).convert("RGB"), return_tensors="pt")["pixel_values"][0] for f in files]
-
-
-def tokenize(tiny, prompt: str, answer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """LLaVA's ids (the image placeholder -200) and labels on the answer only."""
-    from llava.mm_utils import tokenizer_image_token
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.llm, use_fast=False)
-    ids = tokenizer_image_token(prompt, tok, return_tensors="pt")
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    if answer is not None:
-        answer_ids = torch.tensor(tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id])
-        ids, labels = torch.cat([ids, answer_ids]), torch.cat([labels, answer_ids])
-    return ids, labels
+    return question_pictures(tiny)
 
 
 def to_hf(config, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 from llava.constants import IGNORE_INDEX
-from PIL import Image
 from released_layout import (
     ReleasedReference,
+    question_pictures,
     released_state,
+    tokenize,
     write_released,
     write_released_pretrain,
 )
@@ -96,25 +97,7 @@ def reference(released):
 
 @pytest.fixture(scope="module")
 def pictures(tiny):
-    from transformers import CLIPImageProcessor
-
-    processor = CLIPImageProcessor.from_pretrained(tiny.clip)
-    files = sorted(tiny.images.glob("question_*"))[:2]
-    return [processor.preprocess(Image.open(f).convert("RGB"), return_tensors="pt")["pixel_values"][0] for f in files]
-
-
-def tokenize(tiny, prompt: str, answer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids with LLaVA's image placeholder, and labels on the answer only."""
-    from llava.mm_utils import tokenizer_image_token
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny.llm, use_fast=False)
-    ids = tokenizer_image_token(prompt, tok, return_tensors="pt")
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    if answer is not None:
-        answer_ids = torch.tensor(tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id])
-        ids, labels = torch.cat([ids, answer_ids]), torch.cat([labels, answer_ids])
-    return ids, labels
+    return question_pictures(tiny)
 
 
 def right_padded(samples: list[tuple[torch.Tensor, torch.Tensor]]):
