@@ -17,7 +17,7 @@ STAMP5 := $(VENV5)/.aligngpt-installed
 LLAVA  := llava-torch==1.2.2.post1
 # lmms-eval's CLI and what it imports to run a task (the full package also pulls wandb, opencv, yt-dlp, ...
 # for its other tasks); in their own folder, put on the path only by tests/test_lmms.py.
-LMMS   := lmms-eval loguru pytz evaluate datasets multiprocess pyarrow dill xxhash httpx \
+LMMS   := lmms-eval loguru pytz evaluate multiprocess pyarrow dill xxhash httpx \
           aiohappyeyeballs aiohttp aiosignal attrs chardet colorama dataproperty frozenlist lxml mbstrdecoder multidict \
           pathvalidate portalocker propcache pytablewriter sacrebleu tabledata tabulate tcolorpy tenacity typepy yarl
 
