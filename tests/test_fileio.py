@@ -129,7 +129,7 @@ def test_failed_write_leaves_the_old_file(tmp_path):
 # folder), the append-only gate dump (integrations/llava/loader.py: a rename cannot append), and the
 # demo's live subprocess log (devkit/demo_experiment.py: streamed while the stage runs).
 THROUGH_FILEIO = ["analysis", "devkit/demo_report.py", "devkit/pipeline.py", "conversion", "scoring",
-                  "score.py", "convert.py", "analyze.py", "evaluate.py"]
+                  "evaluation/gates.py", "score.py", "convert.py", "analyze.py", "evaluate.py"]
 DIRECT_WRITES = {"savefig", "write_text", "write_bytes", "save_file"}
 
 

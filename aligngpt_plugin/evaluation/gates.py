@@ -18,7 +18,7 @@ import warnings
 from collections import defaultdict, deque
 from pathlib import Path
 
-from aligngpt_plugin.core.fileio import read_jsonl, write_json_atomic
+from aligngpt_plugin.core.fileio import read_jsonl, save_figure_atomic, write_json_atomic
 from aligngpt_plugin.evaluation.scorers import AnswersError
 
 
@@ -145,7 +145,7 @@ def plot_heatmap(per_benchmark: dict[str, dict], out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure_atomic(fig, out, dpi=120)  # a reader never sees half a PNG; the mode a plain open gives
     plt.close(fig)
     return out
 
