@@ -82,7 +82,7 @@ def step(model, batch, levels, device) -> tuple[float, int]:
         torch.cuda.reset_peak_memory_stats()
     sync(device)
     start = time.perf_counter()
-    kwargs = dict(batch, align_levels=levels) if hasattr(model, "alignment") else batch
+    kwargs = dict(batch, alignment_levels=levels) if hasattr(model, "alignment") else batch
     model(**kwargs).loss.backward()
     sync(device)
     elapsed = time.perf_counter() - start

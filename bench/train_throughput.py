@@ -183,7 +183,7 @@ def train_step(model, optimizer, batch: dict, args) -> float:
     start = time.perf_counter()
     kwargs = dict(batch)
     if hasattr(getattr(model, "module", model), "alignment") and args.stage == "pretrain":
-        kwargs["align_levels"] = torch.arange(args.batch, device=args.device) % 8
+        kwargs["alignment_levels"] = torch.arange(args.batch, device=args.device) % 8
     loss = model(**kwargs).loss
     if hasattr(model, "backward"):  # DeepSpeed engine: its own backward and step
         model.backward(loss)

@@ -64,7 +64,7 @@ def test_levels_reach_the_batch(tiny):
     module = make_level_aware_data_module(tokenizer(tiny), args, num_levels=8, require_levels=True)
     items = [module["train_dataset"][i] for i in range(3)]
     batch = module["data_collator"](items)
-    assert batch["align_levels"].tolist() == [0, 1, 2]
+    assert batch["alignment_levels"].tolist() == [0, 1, 2]
     assert batch["images"].shape == (3, 3, 336, 336) and batch["input_ids"].shape[0] == 3
 
 

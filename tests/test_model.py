@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -120,8 +122,45 @@ def test_pretraining_needs_levels_and_uses_them(tiny):
     with pytest.raises(ValueError, match="align_level"):
         model(input_ids=ids, attention_mask=mask, labels=labels, images=images)
     _, _, _, _, emb, _ = model.prepare_inputs_labels_for_multimodal(
-        ids, None, mask, None, labels, images, align_levels=torch.tensor([5, 2]))
+        ids, None, mask, None, labels, images, alignment_levels=torch.tensor([5, 2]))
     assert torch.equal(emb[0, 1], model.alignment.level_embeddings[5])
+
+
+def ours(caught) -> list[str]:
+    """Messages of the caught warnings that are the renamed keyword's."""
+    return [str(w.message) for w in caught if "align_levels" in str(w.message)]
+
+
+def test_the_old_levels_keyword_warns_and_gives_what_the_new_one_gives(tiny):
+    """The per-sample levels are `alignment_levels` (the transformers-native model's name); their old name
+    `align_levels=` (which is N on the command line) still works, with a FutureWarning naming the new one."""
+    model = build(tiny, stage="pretrain").eval()
+    ids, mask, labels, images = batch(tiny)
+    levels = torch.tensor([5, 2])
+    inputs = dict(input_ids=ids, attention_mask=mask, labels=labels, images=images)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = model(**inputs, alignment_levels=levels)
+        new_ids = model.generate(ids[:1], images=images[:1], alignment_levels=levels[:1], max_new_tokens=3,
+                                 do_sample=False)
+    assert ours(caught) == []
+    with torch.no_grad(), pytest.warns(FutureWarning, match=r"`align_levels=`.*renamed `alignment_levels=`"):
+        old = model(**inputs, align_levels=levels)
+    with torch.no_grad(), pytest.warns(FutureWarning, match="alignment_levels"):
+        old_ids = model.generate(ids[:1], images=images[:1], align_levels=levels[:1], max_new_tokens=3,
+                                 do_sample=False)
+    with pytest.warns(FutureWarning, match="alignment_levels"):
+        _, _, _, _, emb, _ = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images,
+                                                                         align_levels=levels)
+    assert torch.equal(old.logits, new.logits) and torch.equal(old.loss, new.loss)
+    assert torch.equal(old_ids, new_ids) and new_ids.shape == (1, 3)
+    assert torch.equal(emb[0, 1], model.alignment.level_embeddings[5])  # the level given, not a default
+    with torch.no_grad():  # the levels matter: another level for the image sample, other logits
+        other = model(**inputs, alignment_levels=torch.tensor([0, 2]))
+    assert not torch.equal(other.logits, new.logits)
+    with pytest.raises(TypeError, match="both"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model(**inputs, alignment_levels=levels, align_levels=levels)
 
 
 def test_pretraining_gradient_reaches_the_level_and_projector_only(tiny):
@@ -130,7 +169,7 @@ def test_pretraining_gradient_reaches_the_level_and_projector_only(tiny):
     model.get_model().mm_projector.requires_grad_(True)
     model.alignment.level_embeddings.requires_grad_(True)
     ids, mask, labels, images = batch(tiny)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images, align_levels=torch.tensor([3, 0]))
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images, alignment_levels=torch.tensor([3, 0]))
     out.loss.backward()
     grad = model.alignment.level_embeddings.grad
     assert grad[3].abs().sum() > 0 and grad[[0, 1, 2, 4, 5, 6, 7]].abs().sum() == 0  # sample 1 has no image
@@ -223,7 +262,7 @@ def test_a_text_only_batch_still_runs_the_alignment_module_adding_zero(tiny, sta
     ids, mask, labels, images = ids[1:], mask[1:], labels[1:], images[1:]  # the text-only sample alone
     calls = gate_calls(model)
     out = model(input_ids=ids, attention_mask=mask, labels=labels, images=images,
-                align_levels=torch.tensor([3]) if stage == "pretrain" else None)
+                alignment_levels=torch.tensor([3]) if stage == "pretrain" else None)
     out.loss.backward()
     trained = model.alignment.level_embeddings if stage == "pretrain" else model.alignment.gate[0].weight
     assert trained.grad is not None and not trained.grad.any()
@@ -232,7 +271,7 @@ def test_a_text_only_batch_still_runs_the_alignment_module_adding_zero(tiny, sta
         model.alignment.gate[0].weight.mul_(3)
         model.alignment.level_embeddings.mul_(3)
         again = model(input_ids=ids, attention_mask=mask, labels=labels, images=images,
-                      align_levels=torch.tensor([3]) if stage == "pretrain" else None)
+                      alignment_levels=torch.tensor([3]) if stage == "pretrain" else None)
     assert again.loss.item() == out.loss.item()
     assert out.logits.shape[1] == int(mask.sum())  # no token inserted (LLaVA drops the padding)
 

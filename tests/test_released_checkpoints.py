@@ -228,7 +228,7 @@ def test_pretraining_batch_matches(tiny, model, reference, pictures):
     try:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, labels=labels, images=torch.stack(pictures),
-                        align_levels=levels)
+                        alignment_levels=levels)
     finally:
         model.config.tune_mm_mlp_adapter = False
     ref_logits, ref_loss, _ = reference.logits_and_loss(

@@ -64,12 +64,12 @@ class LevelAwareDataset(LazySupervisedDataset):
 
 
 class LevelAwareCollator(DataCollatorForSupervisedDataset):
-    """LLaVA's collator plus `align_levels` [batch] (NO_LEVEL where a record has none)."""
+    """LLaVA's collator plus `alignment_levels` [batch] (NO_LEVEL where a record has none)."""
 
     def __call__(self, instances):
         batch = super().__call__(instances)
         if all("align_level" in x for x in instances):
-            batch["align_levels"] = torch.tensor([x["align_level"] for x in instances], dtype=torch.long)
+            batch["alignment_levels"] = torch.tensor([x["align_level"] for x in instances], dtype=torch.long)
         return batch
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -143,6 +144,7 @@ class AlignGPTForCausalLMMixin:
         self._captured_image_features = None
         self._gate_weights = self.last_gate_weights = None
         self.last_gate_samples = None  # which samples of the last batch the gate weights belong to
+        self._generate_levels = None  # generate's alignment_levels, for its prefill
         self.post_init()
 
     @property
@@ -188,18 +190,18 @@ class AlignGPTForCausalLMMixin:
             mask &= labels == IGNORE_INDEX
         return mask
 
-    def alignment_tokens(self, input_ids, attention_mask, labels, image_features, align_levels):
+    def alignment_tokens(self, input_ids, attention_mask, labels, image_features, alignment_levels):
         """The AlignmentOutput for the samples that carry an image, in batch order (none: an empty one).
         The alignment module runs exactly once per call, whatever the batch holds."""
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
         if self.stage == "pretrain":
-            if align_levels is None:
+            if alignment_levels is None:
                 if has_image.any():
                     raise ValueError(
                         "pre-training an AlignGPT model needs the alignment level of every sample: give the "
                         "records an `align_level` (or the public data's `similarity`) field; see aligngpt-score")
-                align_levels = torch.zeros(len(has_image), dtype=torch.long, device=input_ids.device)
-            return self.alignment(levels=align_levels[has_image])
+                alignment_levels = torch.zeros(len(has_image), dtype=torch.long, device=input_ids.device)
+            return self.alignment(levels=alignment_levels[has_image])
         embed = self.get_model().embed_tokens
         safe_ids = input_ids.clamp(min=0)  # IMAGE_TOKEN_INDEX (-200) is masked out of the mean anyway
         text = masked_mean(embed(safe_ids), self.gate_text_mask(input_ids, attention_mask, labels))
@@ -211,7 +213,12 @@ class AlignGPTForCausalLMMixin:
         return self.alignment(image_tokens=[image_features[k] for k in chosen], text_mean=text[has_image])
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
-                                             labels, images, image_sizes=None, align_levels=None):
+                                             labels, images, image_sizes=None, alignment_levels=None, **kwargs):
+        alignment_levels = _renamed_levels(alignment_levels, kwargs)
+        if kwargs:
+            raise TypeError(f"prepare_inputs_labels_for_multimodal got unexpected arguments {sorted(kwargs)}")
+        if alignment_levels is None:  # generate's prefill: LLaVA's generate calls here without them
+            alignment_levels = getattr(self, "_generate_levels", None)
         if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
             return super().prepare_inputs_labels_for_multimodal(
                 input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
@@ -224,7 +231,7 @@ class AlignGPTForCausalLMMixin:
         if isinstance(images, list) or images.ndim == 5:
             features = per_sample_image_tokens(features, images)
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
-        out = self.alignment_tokens(input_ids, attention_mask, labels, features, align_levels)
+        out = self.alignment_tokens(input_ids, attention_mask, labels, features, alignment_levels)
         if not has_image.any():  # a text-only batch: the module ran, adding 0 (ranks stay in step)
             return None, position_ids_out, attention_out, past_key_values, embeds + idle_term(out), labels_out
         self._gate_weights = self.last_gate_weights = out.gate_weights
@@ -241,7 +248,8 @@ class AlignGPTForCausalLMMixin:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, images=None, image_sizes=None, return_dict=None,
-                align_levels=None, cache_position=None, **kwargs):
+                alignment_levels=None, cache_position=None, **kwargs):
+        alignment_levels = _renamed_levels(alignment_levels, kwargs)
         self._gate_weights = None
         if past_key_values is None:  # transformers 5.24+ names the KV cache `cache`
             past_key_values = kwargs.pop("cache", None)
@@ -249,7 +257,7 @@ class AlignGPTForCausalLMMixin:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
                 self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
                                                           past_key_values, labels, images, image_sizes,
-                                                          align_levels=align_levels)
+                                                          alignment_levels=alignment_levels)
         out = self.backbone.forward(
             self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             **{_cache_keyword(self.backbone): past_key_values}, inputs_embeds=inputs_embeds, labels=labels,
@@ -260,10 +268,36 @@ class AlignGPTForCausalLMMixin:
                               hidden_states=out.hidden_states, attentions=out.attentions,
                               gate_weights=self._gate_weights)
 
-    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+    def generate(self, inputs=None, images=None, image_sizes=None, alignment_levels=None, **kwargs):
+        alignment_levels = _renamed_levels(alignment_levels, kwargs)
         # set by the prefill's gate, kept for analysis after generate
         self.last_gate_weights = self.last_gate_samples = None
-        return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+        self._generate_levels = alignment_levels  # for the prefill, which LLaVA's generate runs itself
+        try:
+            return super().generate(inputs, images=images, image_sizes=image_sizes, **kwargs)
+        finally:
+            self._generate_levels = None
+
+
+def _renamed_levels(alignment_levels: torch.Tensor | None, kwargs: dict) -> torch.Tensor | None:
+    """`alignment_levels`, or the levels given under their old name `align_levels` (popped from `kwargs`, with
+    a FutureWarning). `align_levels` is the number N on the command line; the per-sample tensor took the name
+    the transformers-native model uses.
+
+    Args:
+        alignment_levels: [B] long levels or None.
+        kwargs: the caller's remaining keyword arguments; `align_levels` is removed from it.
+    Returns:
+        The [B] levels (or None), whichever name gave them.
+    """
+    if "align_levels" not in kwargs:
+        return alignment_levels
+    old = kwargs.pop("align_levels")
+    warnings.warn("`align_levels=` (the per-sample levels) is renamed `alignment_levels=`, as in the "
+                  "transformers-native AlignGPT model; the old name will be removed", FutureWarning, stacklevel=3)
+    if alignment_levels is not None and old is not None:
+        raise TypeError("both `alignment_levels` and its old name `align_levels` were given; keep `alignment_levels`")
+    return old if alignment_levels is None else alignment_levels
 
 
 @functools.cache  # once per backbone class, not on every forward
