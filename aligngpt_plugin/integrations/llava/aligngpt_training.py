@@ -28,7 +28,13 @@ ALIGNMENT_KEY = "alignment."
 
 def aligngpt_loader(alignment: AlignmentConfig):
     """A stand-in for LLaVA's model class in `train()` (only `from_pretrained` is used there): builds the
-    AlignGPT model of the checkpoint's backbone, read from its config (LLaVA would pick Llama by name)."""
+    AlignGPT model of the checkpoint's backbone, read from its config (LLaVA would pick Llama by name).
+
+    Args:
+        alignment: the run's alignment settings (the `--align_*` flags).
+    Returns:
+        A class whose `from_pretrained(path, ...)` returns the AlignGPT causal LM of the checkpoint's backbone.
+    """
 
     class AlignGPTFromBase:
         @classmethod
@@ -48,7 +54,13 @@ def aligngpt_loader(alignment: AlignmentConfig):
 
 
 def with_alignment_keys(collect):
-    """`get_mm_adapter_state_maybe_zero_3` that also collects the alignment module's weights."""
+    """`get_mm_adapter_state_maybe_zero_3` that also collects the alignment module's weights.
+
+    Args:
+        collect: LLaVA's `get_mm_adapter_state_maybe_zero_3(named_params, keys_to_match)`.
+    Returns:
+        The same function with `alignment.` added to the keys it matches (marked `__aligngpt__`).
+    """
 
     @functools.wraps(collect)
     def collect_with_alignment(named_params, keys_to_match):
@@ -59,6 +71,13 @@ def with_alignment_keys(collect):
 
 
 def aligngpt_trainer(base):
+    """LLaVA's trainer class, extended to set which alignment weights train in the run's stage and mode.
+
+    Args:
+        base: `LLaVATrainer` (or a subclass of it).
+    Returns:
+        A subclass of `base` whose constructor sets `requires_grad` of the level embeddings and the gate.
+    """
     class AlignGPTTrainer(base):
         """LLaVATrainer that sets which alignment weights train in the current stage and mode."""
 
@@ -74,7 +93,12 @@ def aligngpt_trainer(base):
 
 
 def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
-    """Make the next `llava.train.train.train()` call train AlignGPT with `alignment`."""
+    """Make the next `llava.train.train.train()` call train AlignGPT with `alignment`.
+
+    Args:
+        alignment: the alignment settings the model is built with.
+        pretraining: stage 1 (`--tune_mm_mlp_adapter True`): every record with an image must carry a level.
+    """
     from llava.train import llava_trainer
     from llava.train import train as llava_train
 
@@ -96,7 +120,13 @@ def enable_aligngpt(alignment: AlignmentConfig, pretraining: bool) -> None:
 
 def refuse_mpt(run: TrainingRun) -> None:
     """LLaVA builds its MPT model for any `--model_name_or_path` containing 'mpt', past the plugin's
-    AlignGPT model: that run would be plain LLaVA, so --align_levels refuses it."""
+    AlignGPT model: that run would be plain LLaVA, so --align_levels refuses it.
+
+    Args:
+        run: the training run (its `model_args.model_name_or_path` is read).
+    Raises:
+        SystemExit: with the reason, for an MPT path.
+    """
     path = run.model_args.model_name_or_path or ""
     if "mpt" in path:
         raise SystemExit(f"--align_levels with --model_name_or_path {path}: LLaVA takes the MPT path for any "
@@ -106,12 +136,25 @@ def refuse_mpt(run: TrainingRun) -> None:
 
 
 def enable_for_run(alignment: AlignmentConfig, run: TrainingRun) -> None:
-    """The feature's enabling function: AlignGPT for this run's stage, on a backbone that can take it."""
+    """The feature's enabling function: AlignGPT for this run's stage, on a backbone that can take it.
+
+    Args:
+        alignment: the alignment settings from the `--align_*` flags.
+        run: the training run (its stage and model path).
+    """
     refuse_mpt(run)
     enable_aligngpt(alignment, run.pretraining)
 
 
 def describe(alignment: AlignmentConfig, run: TrainingRun) -> str:
+    """The feature's one-line summary for the start of the run's log.
+
+    Args:
+        alignment: the alignment settings.
+        run: the training run (its stage).
+    Returns:
+        E.g. "AlignGPT, 8 levels, pre-training (levels), mode adaptive".
+    """
     stage = "pre-training (levels)" if run.pretraining else "instruction tuning (gate)"
     return f"AlignGPT, {alignment.num_levels} levels, {stage}, mode {alignment.mode}"
 

@@ -39,6 +39,13 @@ class UnsupportedStackError(RuntimeError):
 
 
 def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution.
+
+    Args:
+        dist: the distribution's name on PyPI (e.g. "llava").
+    Returns:
+        Its version string, or None when it is not installed.
+    """
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
@@ -46,6 +53,7 @@ def installed_version(dist: str) -> str | None:
 
 
 def transformers_version() -> Version:
+    """The installed transformers' version (imports transformers)."""
     import transformers
 
     return Version(transformers.__version__)
@@ -82,7 +90,13 @@ def check_stack() -> None:
 
 
 def is_tested(version: Version) -> bool:
-    """Whether `version` falls in a measured range (`TESTED`); a pre-release counts as its release."""
+    """Whether `version` falls in a measured range (`TESTED`); a pre-release counts as its release.
+
+    Args:
+        version: a transformers version.
+    Returns:
+        True when the plugin was tested on that line.
+    """
     return any(SpecifierSet(spec).contains(version, prereleases=True) for spec in TESTED)
 
 

@@ -28,6 +28,13 @@ RELEASED_ARCHITECTURE = "AlignGPTForCausalLM"
 
 
 def convert_hint(path: str = "CHECKPOINT") -> str:
+    """The message that says a released AlignGPT checkpoint must be converted before it loads.
+
+    Args:
+        path: the checkpoint, as the message names it.
+    Returns:
+        The sentence, with the `aligngpt-convert to-plugin` command to run.
+    """
     return (f"{path} is a released AlignGPT checkpoint (model_type '{RELEASED_MODEL_TYPE}'), whose weights sit "
             f"where this plugin's model does not look for them; convert it once with "
             f"`aligngpt-convert to-plugin {path} OUT_DIR` and load OUT_DIR")
@@ -91,7 +98,17 @@ CONFIG_FOR_BACKBONE = {"llama": AlignGPTConfig, "llava_llama": AlignGPTConfig,
 
 def config_for_base(base: PretrainedConfig, alignment: AlignmentConfig, source: str):
     """The AlignGPT config for training from the checkpoint whose config is `base`: an LLM or LLaVA model
-    of a supported backbone, or an AlignGPT checkpoint (then with the same number of levels)."""
+    of a supported backbone, or an AlignGPT checkpoint (then with the same number of levels).
+
+    Args:
+        base: the checkpoint's config (Llama, Mistral, LLaVA of either, or AlignGPT).
+        alignment: the alignment settings of the run.
+        source: the checkpoint's path, for error messages.
+    Returns:
+        An `AlignGPTConfig` or `AlignGPTMistralConfig` carrying `alignment` (`base` itself when it is AlignGPT's).
+    Raises:
+        ValueError: another backbone, or an AlignGPT checkpoint with another number of levels.
+    """
     if base.model_type in MODEL_TYPES:
         if base.alignment_config.num_levels != alignment.num_levels:
             raise ValueError(f"{source} has {base.alignment_config.num_levels} alignment levels, "

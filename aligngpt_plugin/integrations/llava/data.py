@@ -20,7 +20,18 @@ class LevelError(ValueError):
 
 
 def record_level(record: dict, index: int, num_levels: int, source: str = "") -> int | None:
-    """The record's level, None when it has none; LevelError naming the record when it is invalid."""
+    """The record's alignment level (its `align_level`, else `similarity` field).
+
+    Args:
+        record: one record of LLaVA's data json.
+        index: its position in the file, for messages.
+        num_levels: N (`--align_levels`): valid levels are 0..N-1.
+        source: the data file, for messages.
+    Returns:
+        The level, or None when the record has none.
+    Raises:
+        LevelError: naming the record, when the level is not an integer in 0..N-1 or the two fields disagree.
+    """
     name = f"record {index} (id {record.get('id', '?')!r}){' of ' + source if source else ''}"
     present = [f for f in LEVEL_FIELDS if f in record]
     if not present:
@@ -74,6 +85,16 @@ class LevelAwareCollator(DataCollatorForSupervisedDataset):
 
 
 def make_level_aware_data_module(tokenizer, data_args, num_levels: int, require_levels: bool) -> dict:
-    """What LLaVA's make_supervised_data_module returns, with levels."""
+    """What LLaVA's make_supervised_data_module returns, with levels.
+
+    Args:
+        tokenizer: the run's tokenizer.
+        data_args: LLaVA's DataArguments (`data_path`, image folder and processor, ...).
+        num_levels: N (`--align_levels`).
+        require_levels: refuse records with an image but no level (stage 1).
+    Returns:
+        {"train_dataset": LevelAwareDataset, "eval_dataset": None, "data_collator": LevelAwareCollator}; the
+        collator's batches carry `alignment_levels` [B] long.
+    """
     dataset = LevelAwareDataset(data_args.data_path, tokenizer, data_args, num_levels, require_levels)
     return {"train_dataset": dataset, "eval_dataset": None, "data_collator": LevelAwareCollator(tokenizer=tokenizer)}

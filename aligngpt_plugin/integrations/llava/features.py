@@ -151,7 +151,15 @@ def training_features() -> tuple[TrainingFeature, ...]:
 
 
 def training_feature(name: str) -> TrainingFeature:
-    """The feature registered as `name`."""
+    """The feature registered as `name`.
+
+    Args:
+        name: its registered name (e.g. "aligngpt").
+    Returns:
+        The TrainingFeature.
+    Raises:
+        KeyError: naming the registered features, for an unknown name.
+    """
     if name not in _FEATURES:
         raise KeyError(f"no training feature {name!r}; registered: {', '.join(_FEATURES)}")
     return _FEATURES[name]

@@ -48,7 +48,13 @@ EVAL_LEVEL_ENV = "ALIGNGPT_EVAL_LEVEL"
 
 
 def checkpoint_model_type(model_path: str) -> str | None:
-    """The `model_type` in a checkpoint's config.json (local folder or hub id); None if unreadable."""
+    """The `model_type` in a checkpoint's config.json (local folder or hub id).
+
+    Args:
+        model_path: a local checkpoint folder or a hub id.
+    Returns:
+        The model type, or None when the config cannot be read.
+    """
     config = Path(model_path) / "config.json"
     if config.is_file():
         return json.loads(config.read_text()).get("model_type")
@@ -63,7 +69,14 @@ def checkpoint_model_type(model_path: str) -> str | None:
 
 
 def routed_model_name(model_name: str, model_path: str) -> str:
-    """A name that sends LLaVA's loader down the multimodal Llama path, LoRA only when it is one."""
+    """A name that sends LLaVA's loader down the multimodal Llama path, LoRA only when it is one.
+
+    Args:
+        model_name: the name LLaVA's loader was given (it dispatches on words in it).
+        model_path: the checkpoint folder (an `adapter_config.json` there makes it a LoRA checkpoint).
+    Returns:
+        The name with 'lora', 'mpt' and 'mistral' removed, 'llava' added if missing, '-lora' for a LoRA folder.
+    """
     is_lora = (Path(model_path) / "adapter_config.json").is_file()
     name = re.sub("lora|mpt|mistral", "", model_name, flags=re.IGNORECASE)  # name words LLaVA dispatches on
     if "llava" not in name.lower():
@@ -86,7 +99,14 @@ def _llava_class(builder, cls, loaded_after: list[str]):
 
 def projector_file_keys(model_path: str, model_base: str | None) -> list[str]:
     """What a projector-only checkpoint (stage 1: mm_projector.bin, loaded with a base LLM) brings; its
-    gate too, whether there or not: a stage-1 model generates without one (see `aligngpt_aware`)."""
+    gate too, whether there or not: a stage-1 model generates without one (see `aligngpt_aware`).
+
+    Args:
+        model_path: the checkpoint folder.
+        model_base: the base LLM LLaVA's loader is given (None: a full checkpoint).
+    Returns:
+        The weight names LLaVA loads after the base LLM (empty unless a projector-only checkpoint).
+    """
     path = Path(model_path)
     if model_base is None or not (path / "mm_projector.bin").is_file() or (path / "adapter_config.json").is_file():
         return []
@@ -97,8 +117,14 @@ def projector_file_keys(model_path: str, model_base: str | None) -> list[str]:
 
 
 def gate_rows(model, batch: int) -> list[list[float] | None]:
-    """The gate's weights of each sample of the last batch `model` generated for, in batch order; None
-    for samples without an image (the gate weighs image samples only)."""
+    """The gate's weights of each sample of the last batch `model` generated for, in batch order.
+
+    Args:
+        model: an AlignGPT model after `generate` (its `last_gate_weights` [K, N-1] and `last_gate_samples` [B]).
+        batch: B, the number of samples of that generate.
+    Returns:
+        B rows: N-1 floats per image sample, None for samples without an image (the gate weighs image samples only).
+    """
     rows: list[list[float] | None] = [None] * batch
     if model.last_gate_weights is not None:
         chosen = model.last_gate_samples.nonzero().flatten().tolist()
@@ -115,12 +141,23 @@ _IDS_ATTR = "_aligngpt_gate_sample_ids"
 
 
 def set_gate_sample_ids(model, ids: SampleIds | None) -> None:
-    """Tell the gate dump of `model` where to learn the ids of the samples each `generate` answers."""
+    """Tell the gate dump of `model` where to learn the ids of the samples each `generate` answers.
+
+    Args:
+        model: the model whose `generate` is dumped.
+        ids: called with the batch size, gives one dict of id fields per sample (None: lines carry no ids).
+    """
     object.__setattr__(model, _IDS_ATTR, ids)
 
 
 def sample_ids_in_order(keys: Iterable[dict]) -> SampleIds:
-    """Ids for a caller that generates for `keys` one after another, in their order (LLaVA's modules)."""
+    """Ids for a caller that generates for `keys` one after another, in their order (LLaVA's modules).
+
+    Args:
+        keys: one dict of id fields per sample (e.g. {"question_id": 3}), in the order they are answered.
+    Returns:
+        A SampleIds that hands out the next `batch` keys on each call (None once they run short).
+    """
     pending = iter(list(keys))
 
     def take(batch: int) -> list[dict] | None:
@@ -137,11 +174,16 @@ def _plain(value):
 def llava_module_sample_ids(argv: list[str]) -> SampleIds | None:
     """The ids of the questions one of LLaVA's eval modules answers, read as the module reads them.
 
-    `argv` is the module's command line (`sys.argv` while `aligngpt_plugin.llava_eval` runs it, argv[0]
-    the module's file). Each module answers its chunk of `--question-file` (its own `get_chunk`) one
-    question per `generate`, in file order, and writes each answer with the question's id; model_vqa_mmbench
-    generates once per round (`--all-rounds`: one per option) and writes `round_id` too. None for
-    anything else (the dump then writes lines without ids and warns).
+    Each module answers its chunk of `--question-file` (its own `get_chunk`) one question per `generate`, in
+    file order, and writes each answer with the question's id; model_vqa_mmbench generates once per round
+    (`--all-rounds`: one per option) and writes `round_id` too.
+
+    Args:
+        argv: the module's command line (`sys.argv` while `aligngpt_plugin.llava_eval` runs it, argv[0] the
+            module's file).
+    Returns:
+        The SampleIds, or None for any other module or an unreadable question file (the dump then writes lines
+        without ids and warns).
     """
     name = Path(argv[0]).stem if argv else ""
     if name not in ("model_vqa_loader", "model_vqa", "model_vqa_science", "model_vqa_mmbench"):
@@ -173,9 +215,16 @@ def llava_module_sample_ids(argv: list[str]) -> SampleIds | None:
 
 
 def dump_gate_weights(model, path: str | Path, ids: SampleIds | None = None) -> None:
-    """Append each sample's gate weights to `path` after every `generate` of `model`, one JSON line per
-    sample with its ids (from `ids`, or from `set_gate_sample_ids` later; lines without ids and a
-    warning where none is known)."""
+    """Append each sample's gate weights to `path` after every `generate` of `model`.
+
+    Writes one JSON line per sample, `{**ids, "gate_weights": [N-1 floats] or null}`, with its ids (from `ids`,
+    or from `set_gate_sample_ids` later; lines without ids and a warning where none is known).
+
+    Args:
+        model: an AlignGPT model; its `generate` is wrapped in place.
+        path: the JSON-lines file (appended to; its folder is created).
+        ids: where the samples' ids come from (see `SampleIds`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     generate = model.generate
@@ -205,7 +254,15 @@ def dump_gate_weights(model, path: str | Path, ids: SampleIds | None = None) -> 
 
 
 def aligngpt_aware(load):
-    """LLaVA's `load_pretrained_model`, dispatching on the checkpoint's config."""
+    """LLaVA's `load_pretrained_model`, dispatching on the checkpoint's config.
+
+    Args:
+        load: LLaVA's `load_pretrained_model(model_path, model_base, model_name, ...)`.
+    Returns:
+        A function of the same signature and result (tokenizer, model, image processor, context length) that
+        loads AlignGPT checkpoints as their backbone's AlignGPT class, refuses released ones with the conversion
+        command, sets a stage-1 checkpoint to a fixed level and dumps gates when `ALIGNGPT_GATE_DUMP` is set.
+    """
 
     @functools.wraps(load)
     def load_pretrained_model(model_path, model_base, model_name, *args, **kwargs):

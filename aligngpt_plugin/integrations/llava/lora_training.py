@@ -32,7 +32,13 @@ def lora_target_names(model) -> list[str]:
     """LoRA `target_modules` for LLaVA/AlignGPT: the full names of the LLM's Linear layers
     (`model.layers.0.self_attn.q_proj`, ...), leaving out the projector, the vision tower, the alignment
     module and lm_head. Full names, not LLaVA's leaf names: a leaf name such as `q_proj` would also match
-    the vision tower's attention wherever it is already loaded, and the gate's "0" / "2" match any layer."""
+    the vision tower's attention wherever it is already loaded, and the gate's "0" / "2" match any layer.
+
+    Args:
+        model: the LLaVA or AlignGPT model LoRA is put on.
+    Returns:
+        The module names, in `named_modules` order.
+    """
     import torch
 
     names = []
@@ -43,7 +49,13 @@ def lora_target_names(model) -> list[str]:
 
 
 def with_alignment_weights(collect):
-    """`get_peft_state_non_lora_maybe_zero_3` that also collects the alignment module, trainable or not."""
+    """`get_peft_state_non_lora_maybe_zero_3` that also collects the alignment module, trainable or not.
+
+    Args:
+        collect: LLaVA's `get_peft_state_non_lora_maybe_zero_3(named_params, require_grad_only)`.
+    Returns:
+        The same function, its state dict extended by every `.alignment.` weight (marked `__aligngpt__`).
+    """
 
     @functools.wraps(collect)
     def collect_with_alignment(named_params, require_grad_only=True):
@@ -57,7 +69,11 @@ def with_alignment_weights(collect):
 
 
 def enable_lora_support(llava_train) -> None:
-    """Make `llava.train.train`'s LoRA path target only the LLM and save the alignment weights."""
+    """Make `llava.train.train`'s LoRA path target only the LLM and save the alignment weights.
+
+    Args:
+        llava_train: the `llava.train.train` module (patched in place).
+    """
     llava_train.find_all_linear_names = lora_target_names
     if not getattr(llava_train.get_peft_state_non_lora_maybe_zero_3, "__aligngpt__", False):
         llava_train.get_peft_state_non_lora_maybe_zero_3 = with_alignment_weights(
@@ -68,6 +84,11 @@ def quantized_loading_kwargs(kwargs: dict) -> dict:
     """LLaVA's `from_pretrained` kwargs for `--bits 4/8`, with the alignment module (levels and gate) added
     to the modules bitsandbytes skips, so they stay unquantised. (The `load_in_4bit` / `load_in_8bit`
     kwargs LLaVA also passes are dropped by `patches/quantized_loading_kwargs.py`.)
+
+    Args:
+        kwargs: the keyword arguments LLaVA's `train()` passes to `from_pretrained`.
+    Returns:
+        `kwargs`, its `quantization_config.llm_int8_skip_modules` extended in place when there is one.
     """
     quant = kwargs.get("quantization_config")
     if quant is None or not hasattr(quant, "llm_int8_skip_modules"):

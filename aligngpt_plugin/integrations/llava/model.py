@@ -55,7 +55,14 @@ class AlignGPTModelMixin:
         self.alignment = AlignmentModule(config.alignment_config, config.hidden_size)
 
     def initialize_vision_modules(self, model_args, fsdp=None):
-        """LLaVA's, plus: the alignment module comes from `--pretrain_mm_mlp_adapter` with the projector."""
+        """LLaVA's, plus: the alignment module comes from `--pretrain_mm_mlp_adapter` with the projector.
+
+        Args:
+            model_args: LLaVA's ModelArguments (vision tower, projector type, `pretrain_mm_mlp_adapter`, ...).
+            fsdp: LLaVA's FSDP setting, passed on.
+        Raises:
+            ValueError: the projector file holds no alignment weights, or levels of another shape.
+        """
         super().initialize_vision_modules(model_args, fsdp=fsdp)
         path = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if path is None:
@@ -96,10 +103,12 @@ class AlignGPTModelMixin:
 
 
 class AlignGPTLlamaModel(AlignGPTModelMixin, LlavaLlamaModel):
+    """LLaVA's Llama inner model with the alignment module."""
     config_class = AlignGPTConfig
 
 
 class AlignGPTMistralModel(AlignGPTModelMixin, LlavaMistralModel):
+    """LLaVA's Mistral inner model with the alignment module."""
     config_class = AlignGPTMistralConfig
 
 
@@ -149,6 +158,7 @@ class AlignGPTForCausalLMMixin:
 
     @property
     def alignment(self) -> AlignmentModule:
+        """The alignment module (level embeddings [N, H] and gate) of the inner model."""
         return self.get_model().alignment
 
     @property
@@ -164,7 +174,11 @@ class AlignGPTForCausalLMMixin:
 
     def use_fixed_level(self, level: int) -> None:
         """Generate with the token of one level, `E[level]`, as in pre-training: what a stage-1 model
-        (no trained gate) can be evaluated with. Switches the model to inference."""
+        (no trained gate) can be evaluated with. Switches the model to inference.
+
+        Args:
+            level: the level, in 0..N-1.
+        """
         alignment = replace(self.alignment.config, mode="fixed_level", fixed_level=level)  # validates the level
         self.alignment.config = alignment
         self.config.alignment = alignment.to_dict()
@@ -173,6 +187,13 @@ class AlignGPTForCausalLMMixin:
     # LLaVA encodes the images inside prepare_inputs_labels_for_multimodal; the gate needs the same
     # projected image tokens, so they are kept here for the one call that follows instead of encoding twice.
     def encode_images(self, images):
+        """LLaVA's `encode_images`, keeping its result for the gate of the same forward.
+
+        Args:
+            images: [n, 3, H, W] pixel values.
+        Returns:
+            [n, T, D], the projected image tokens (T per image; D the LLM's hidden size).
+        """
         features = super().encode_images(images)
         self._captured_image_features = features
         return features
@@ -180,7 +201,15 @@ class AlignGPTForCausalLMMixin:
     def gate_text_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                        labels: torch.Tensor | None) -> torch.Tensor:
         """Text tokens the gate averages: not image, not padding, not the first (BOS) token; with
-        gate_text='prompt' also not answer tokens (labels other than IGNORE_INDEX)."""
+        gate_text='prompt' also not answer tokens (labels other than IGNORE_INDEX).
+
+        Args:
+            input_ids: [B, L], with IMAGE_TOKEN_INDEX where the image goes.
+            attention_mask: [B, L] or None (no padding).
+            labels: [B, L] or None.
+        Returns:
+            [B, L] bool.
+        """
         mask = input_ids != IMAGE_TOKEN_INDEX
         if attention_mask is not None:
             mask &= attention_mask.bool()
@@ -192,7 +221,20 @@ class AlignGPTForCausalLMMixin:
 
     def alignment_tokens(self, input_ids, attention_mask, labels, image_features, alignment_levels):
         """The AlignmentOutput for the samples that carry an image, in batch order (none: an empty one).
-        The alignment module runs exactly once per call, whatever the batch holds."""
+        The alignment module runs exactly once per call, whatever the batch holds.
+
+        Args:
+            input_ids: [B, L], with IMAGE_TOKEN_INDEX where the image goes.
+            attention_mask: [B, L] or None.
+            labels: [B, L] or None.
+            image_features: [K, T, D] projected image tokens of the K image samples, or a list of K [T_k, D]
+                tensors (any-resolution or several images per sample).
+            alignment_levels: [B] long levels (pre-training; may be None for a batch without images).
+        Returns:
+            AlignmentOutput with `token` [K, D] and `gate_weights` [K, N-1] (None in pre-training).
+        Raises:
+            ValueError: pre-training a batch with images without levels.
+        """
         has_image = (input_ids == IMAGE_TOKEN_INDEX).any(dim=1)
         if self.stage == "pretrain":
             if alignment_levels is None:
@@ -214,6 +256,22 @@ class AlignGPTForCausalLMMixin:
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, alignment_levels=None, **kwargs):
+        """LLaVA's multimodal embeddings with the alignment token inserted right after BOS of each image sample.
+
+        Args:
+            input_ids: [B, L], with IMAGE_TOKEN_INDEX where the image goes.
+            position_ids: [B, L] or None.
+            attention_mask: [B, L] or None.
+            past_key_values: the KV cache (decode steps pass through unchanged).
+            labels: [B, L] or None.
+            images: [B, 3, H, W], or LLaVA's per-sample list / [B, n, 3, H, W] for any-resolution or several images.
+            image_sizes: the images' sizes, for any-resolution.
+            alignment_levels: [B] long levels (pre-training); `generate` supplies its own for the prefill.
+            **kwargs: only `align_levels`, the old name of `alignment_levels` (FutureWarning).
+        Returns:
+            LLaVA's tuple (None, position_ids [B, L'], attention_mask [B, L'], past_key_values, inputs_embeds
+            [B, L', D], labels [B, L'] or None), L' counting one more position when any sample has an image.
+        """
         alignment_levels = _renamed_levels(alignment_levels, kwargs)
         if kwargs:
             raise TypeError(f"prepare_inputs_labels_for_multimodal got unexpected arguments {sorted(kwargs)}")
@@ -249,6 +307,26 @@ class AlignGPTForCausalLMMixin:
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, images=None, image_sizes=None, return_dict=None,
                 alignment_levels=None, cache_position=None, **kwargs):
+        """LLaVA's forward with the alignment token; the rest goes to the backbone's causal LM forward.
+
+        Args:
+            input_ids: [B, L].
+            attention_mask: [B, L] or None.
+            position_ids: [B, L] or None.
+            past_key_values: the KV cache (transformers 5.24+ may name it `cache`).
+            inputs_embeds: [B, L, D]; given, the multimodal preparation is skipped (as in LLaVA).
+            labels: [B, L] or None (IGNORE_INDEX where not trained).
+            use_cache: output_attentions: output_hidden_states: return_dict: as the backbone's.
+            images: [B, 3, H, W] (or LLaVA's image lists).
+            image_sizes: the images' sizes, for any-resolution.
+            alignment_levels: [B] long, each sample's level in 0..N-1 (-1 where none); needed in pre-training.
+            cache_position: unused (the backbone derives it).
+            **kwargs: passed to the backbone; `align_levels`, the old name of `alignment_levels`, still works with a
+                FutureWarning.
+        Returns:
+            AlignGPTOutput: loss, logits [B, L', V], past_key_values, hidden states, attentions and
+            `gate_weights` [K, N-1] of the K image samples (None in pre-training or without images).
+        """
         alignment_levels = _renamed_levels(alignment_levels, kwargs)
         self._gate_weights = None
         if past_key_values is None:  # transformers 5.24+ names the KV cache `cache`
@@ -269,6 +347,19 @@ class AlignGPTForCausalLMMixin:
                               gate_weights=self._gate_weights)
 
     def generate(self, inputs=None, images=None, image_sizes=None, alignment_levels=None, **kwargs):
+        """LLaVA's generate; the gate runs at prefill and its weights are kept in `last_gate_weights` [K, N-1]
+        (`last_gate_samples` [B] bool says which samples they belong to).
+
+        Args:
+            inputs: [B, L] prompt ids, with IMAGE_TOKEN_INDEX where the image goes.
+            images: [B, 3, H, W] (or LLaVA's image lists) or None.
+            image_sizes: the images' sizes, for any-resolution.
+            alignment_levels: [B] long levels for the prefill's token (a model in the pre-training stage).
+            **kwargs: transformers' generate arguments; `align_levels`, the old name of `alignment_levels`, still
+                works with a FutureWarning.
+        Returns:
+            What transformers' generate returns: [B, new tokens] ids (LLaVA passes embeddings, so no prompt ids).
+        """
         alignment_levels = _renamed_levels(alignment_levels, kwargs)
         # set by the prefill's gate, kept for analysis after generate
         self.last_gate_weights = self.last_gate_samples = None
@@ -308,11 +399,13 @@ def _cache_keyword(backbone: type) -> str:
 
 
 class AlignGPTLlamaForCausalLM(AlignGPTForCausalLMMixin, LlavaLlamaForCausalLM):
+    """AlignGPT over LLaVA's Llama causal LM (`LlavaLlamaForCausalLM`; model_type `aligngpt_llava`)."""
     config_class = AlignGPTConfig
     backbone, inner_model = LlamaForCausalLM, AlignGPTLlamaModel
 
 
 class AlignGPTMistralForCausalLM(AlignGPTForCausalLMMixin, LlavaMistralForCausalLM):
+    """AlignGPT over LLaVA's Mistral causal LM (`LlavaMistralForCausalLM`; model_type `aligngpt_mistral`)."""
     config_class = AlignGPTMistralConfig
     backbone, inner_model = MistralForCausalLM, AlignGPTMistralModel
 
@@ -322,13 +415,25 @@ MODEL_CLASS_BY_TYPE = {config.model_type: model for config, model in MODEL_CLASS
 
 
 def model_class_for(config) -> type:
-    """The AlignGPT causal LM for an AlignGPT config (any backbone)."""
+    """The AlignGPT causal LM for an AlignGPT config (any backbone).
+
+    Args:
+        config: an AlignGPTConfig or AlignGPTMistralConfig.
+    Returns:
+        AlignGPTLlamaForCausalLM or AlignGPTMistralForCausalLM.
+    """
     return MODEL_CLASSES[type(config)]
 
 
 def per_sample_image_tokens(features: torch.Tensor, images) -> list[torch.Tensor]:
-    """Split what `encode_images` returned for LLaVA's concatenated image list back per sample:
-    [sum of n_i, T, H] -> a [n_i * T, H] tensor per sample (every view or image of a sample counts)."""
+    """Split what `encode_images` returned for LLaVA's concatenated image list back per sample.
+
+    Args:
+        features: [sum of n_i, T, D], the projected tokens of every image or view.
+        images: LLaVA's per-sample images: [3, H, W] (one image) or [n_i, 3, H, W] each.
+    Returns:
+        One [n_i * T, D] tensor per sample (every view or image of a sample counts).
+    """
     sizes = [1 if x.ndim == 3 else x.shape[0] for x in images]
     return [chunk.flatten(0, 1) for chunk in torch.split(features, sizes)]
 
@@ -336,11 +441,18 @@ def per_sample_image_tokens(features: torch.Tensor, images) -> list[torch.Tensor
 def insert_after_bos(embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
                      tokens: torch.Tensor, has_token: torch.Tensor, left_padded: bool):
     """Insert `tokens[k]` right after the first real position of the k-th sample flagged in `has_token`.
-
-    embeds [B, L, H], attention_mask [B, L] (None: no padding), labels [B, L] or None, tokens [K, H] with
-    K = has_token.sum(). Returns embeds [B, L+1, H], attention [B, L+1] (bool), labels [B, L+1] or None
-    (the token's label is IGNORE_INDEX) and position ids [B, L+1] that count real positions from 0.
     Samples without a token get one extra padding position on their padding side.
+
+    Args:
+        embeds: [B, L, D].
+        attention_mask: [B, L] or None (no padding).
+        labels: [B, L] or None.
+        tokens: [K, D] with K = has_token.sum().
+        has_token: [B] bool.
+        left_padded: whether padding is on the left.
+    Returns:
+        (embeds [B, L+1, D], attention [B, L+1] bool, labels [B, L+1] or None (the token's label is
+        IGNORE_INDEX), position ids [B, L+1] that count real positions from 0).
     """
     b, length, _ = embeds.shape
     device = embeds.device
@@ -385,7 +497,13 @@ def insert_after_bos(embeds: torch.Tensor, attention_mask: torch.Tensor | None, 
 
 
 def real_positions(valid: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real positions from 0 and are 0 on padding, as LLaVA sets them."""
+    """Position ids that count real positions from 0 and are 0 on padding, as LLaVA sets them.
+
+    Args:
+        valid: [B, L] bool, True on real positions.
+    Returns:
+        [B, L] long.
+    """
     return ((valid.long().cumsum(1) - 1).clamp(min=0)) * valid.long()
 
 

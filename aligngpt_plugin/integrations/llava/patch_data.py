@@ -51,12 +51,27 @@ class PatchLabelDataset(Dataset):
 
     @property
     def labelled_records(self) -> int:
+        """How many records carry patch labels."""
         return sum(bool(x) for x in self.labels)
 
     def set_grid(self, grid: int) -> None:
+        """Set the patch grid the targets are computed on (the trainer does, from the vision tower).
+
+        Args:
+            grid: patches per side of the image (24 for CLIP ViT-L/14 at 336 px).
+        """
         self.grid = int(grid)
 
     def phrase_ids(self, phrase: str) -> list[int]:
+        """The token ids of a phrase (without special tokens), tokenised once and cached.
+
+        Args:
+            phrase: a labelled phrase of a caption.
+        Returns:
+            Its token ids.
+        Raises:
+            PatchLabelError: when it tokenises to nothing.
+        """
         if phrase not in self._phrase_ids:
             ids = self.inner.tokenizer(phrase, add_special_tokens=False).input_ids
             if not ids:
@@ -65,7 +80,14 @@ class PatchLabelDataset(Dataset):
         return self._phrase_ids[phrase]
 
     def targets(self, i: int):
-        """The PatchTargets of record i (None when it has no labels)."""
+        """The PatchTargets of record i, on the grid set by `set_grid`.
+
+        Args:
+            i: the record's index.
+        Returns:
+            PatchTargets (phrases, and `assignment` [grid*grid, P] bool: which phrases each patch belongs to), or
+            None when the record has no labels.
+        """
         from PIL import Image
 
         labels = self.labels[i]
@@ -95,7 +117,10 @@ class PatchLabelDataset(Dataset):
 
 @dataclass
 class PatchLabelCollator:
-    """The wrapped collator's batch plus the padded patch targets (absent when no sample has labels)."""
+    """The wrapped collator's batch plus the padded patch targets (absent when no sample has labels):
+    `patch_phrase_ids` [B, P, T] long and `patch_phrase_mask` [B, P, T] bool (P phrases of up to T tokens,
+    zero-padded), `patch_assignment` [B, N, P] bool (N patches).
+    """
 
     inner: object
 
@@ -122,7 +147,16 @@ class PatchLabelCollator:
 
 
 def patch_label_data_module(make_inner, tokenizer, data_args, min_overlap: float) -> dict:
-    """What `make_inner` (a make_supervised_data_module) returns, with patch targets."""
+    """What `make_inner` (a make_supervised_data_module) returns, with patch targets.
+
+    Args:
+        make_inner: LLaVA's (or AlignGPT's level-aware) data-module builder, called with tokenizer and data_args.
+        tokenizer: the run's tokenizer.
+        data_args: LLaVA's DataArguments.
+        min_overlap: the fraction of a patch a box must cover for the patch to belong to its phrase.
+    Returns:
+        The data module with its dataset wrapped in PatchLabelDataset and its collator in PatchLabelCollator.
+    """
     module = make_inner(tokenizer=tokenizer, data_args=data_args)
     module["train_dataset"] = PatchLabelDataset(module["train_dataset"], min_overlap)
     module["data_collator"] = PatchLabelCollator(module["data_collator"])

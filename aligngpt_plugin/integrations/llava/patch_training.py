@@ -57,6 +57,17 @@ def _inner_model(model):
 
 
 def patch_aligned_trainer(base, settings: PatchAlignmentSettings):
+    """LLaVA's trainer class with the patch-alignment loss added to the caption loss in pre-training.
+
+    The loss is `caption + weight * patch`, the patch term computed on the projector's output [B, N, D] against
+    the phrases' mean token embeddings; `patch_loss` and `caption_loss` are logged beside `loss`.
+
+    Args:
+        base: `LLaVATrainer` (or a subclass of it).
+        settings: the `--patch_align_*` settings (weight, multi, min_overlap).
+    Returns:
+        A subclass of `base`.
+    """
     class PatchAlignedTrainer(base):
         """`base` (a LLaVATrainer) with the patch-alignment loss added in pre-training."""
 
@@ -139,7 +150,14 @@ def patch_aligned_trainer(base, settings: PatchAlignmentSettings):
 
 
 def enable_patch_alignment(settings: PatchAlignmentSettings, pretraining: bool) -> None:
-    """Make the next `llava.train.train.train()` call add the patch-alignment loss (pre-training only)."""
+    """Make the next `llava.train.train.train()` call add the patch-alignment loss (pre-training only).
+
+    Args:
+        settings: the `--patch_align_*` settings.
+        pretraining: whether the run is stage 1 (`--tune_mm_mlp_adapter True`).
+    Raises:
+        ValueError: in fine-tuning.
+    """
     if not pretraining:
         raise ValueError(f"--patch_align_weight {settings.weight} applies to pre-training "
                          "(--tune_mm_mlp_adapter True) only; remove it from the fine-tuning command")
@@ -151,16 +169,35 @@ def enable_patch_alignment(settings: PatchAlignmentSettings, pretraining: bool) 
 
 
 def split_patch_alignment_args(argv: list[str]) -> tuple[PatchAlignmentSettings | None, list[str]]:
-    """The settings asked for by `--patch_align_*` (None when the weight is absent or 0), and the rest."""
+    """The settings asked for by `--patch_align_*`, and the rest of the command line.
+
+    Args:
+        argv: the command line's arguments (without the program name).
+    Returns:
+        (settings, or None when the weight is absent or 0; the other arguments, in order).
+    """
     return FEATURE.split(argv)
 
 
 def enable_for_run(settings: PatchAlignmentSettings, run: TrainingRun) -> None:
-    """The feature's enabling function: the patch loss in this run (a ValueError in fine-tuning)."""
+    """The feature's enabling function: the patch loss in this run (a ValueError in fine-tuning).
+
+    Args:
+        settings: the `--patch_align_*` settings.
+        run: the training run (its stage).
+    """
     enable_patch_alignment(settings, run.pretraining)
 
 
 def describe(settings: PatchAlignmentSettings, run: TrainingRun) -> str:
+    """The feature's one-line summary for the start of the run's log.
+
+    Args:
+        settings: the `--patch_align_*` settings.
+        run: the training run (unused).
+    Returns:
+        E.g. "patch alignment, weight 0.5, mean".
+    """
     return f"patch alignment, weight {settings.weight}, {settings.multi}"
 
 

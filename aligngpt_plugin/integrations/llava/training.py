@@ -40,7 +40,13 @@ def pick_attention() -> str:
 
 
 def split_alignment_args(argv: list[str]) -> tuple[AlignmentConfig | None, list[str]]:
-    """The AlignmentConfig asked for by the `--align_*` flags (None without --align_levels), and the rest."""
+    """The AlignmentConfig asked for by the `--align_*` flags, and the rest of the command line.
+
+    Args:
+        argv: the command line's arguments (without the program name).
+    Returns:
+        (the AlignmentConfig, or None without --align_levels; the other arguments, in order).
+    """
     return training_feature("aligngpt").split(argv)
 
 
@@ -49,6 +55,11 @@ def seed_everything(argv: list[str]) -> int:
 
     LLaVA creates the projector (and the plugin the alignment module) before the HF Trainer seeds, and
     torch seeds itself randomly at start, so without this two runs with the same --seed differ.
+
+    Args:
+        argv: the command line (only `--seed` is read).
+    Returns:
+        The seed used.
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--seed", type=int, default=42)
@@ -76,7 +87,13 @@ def print_help() -> None:
 
 
 def run_training(argv: list[str]) -> None:
-    """Run LLaVA's `train()` with the command line `argv` (LLaVA's arguments plus the plugin's)."""
+    """Run LLaVA's `train()` with the command line `argv` (LLaVA's arguments plus the plugin's).
+
+    Args:
+        argv: the command line's arguments (without the program name); `-h`/`--help` prints the flags instead.
+    Raises:
+        SystemExit: when a feature refuses the run (its message says why).
+    """
     from aligngpt_plugin.integrations.llava.compat import prepare_llava
     from aligngpt_plugin.patches import rewrite_argv
 
