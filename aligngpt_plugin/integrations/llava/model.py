@@ -316,7 +316,7 @@ class AlignGPTForCausalLMMixin:
             past_key_values: the KV cache (transformers 5.24+ may name it `cache`).
             inputs_embeds: [B, L, D]; given, the multimodal preparation is skipped (as in LLaVA).
             labels: [B, L] or None (IGNORE_INDEX where not trained).
-            use_cache: output_attentions: output_hidden_states: return_dict: as the backbone's.
+            use_cache, output_attentions, output_hidden_states, return_dict: as the backbone's.
             images: [B, 3, H, W] (or LLaVA's image lists).
             image_sizes: the images' sizes, for any-resolution.
             alignment_levels: [B] long, each sample's level in 0..N-1 (-1 where none); needed in pre-training.
