@@ -14,7 +14,15 @@ from aligngpt_plugin.integrations.llava.lora_training import ALIGNMENT_MODULE, N
 
 
 def read_non_lora_weights(adapter_dir: str | Path) -> dict:
-    """`non_lora_trainables.bin` with peft's `base_model.model.` prefix removed (model-level keys)."""
+    """`non_lora_trainables.bin` with peft's `base_model.model.` prefix removed (model-level keys).
+
+    Args:
+        adapter_dir: a LoRA output folder of LLaVA's train().
+    Returns:
+        {weight name: tensor} (projector and alignment weights).
+    Raises:
+        FileNotFoundError: the file is not there.
+    """
     import torch
 
     path = Path(adapter_dir) / NON_LORA_FILE
@@ -31,6 +39,15 @@ def load_lora_model(adapter_dir: str | Path, base: str | Path, torch_dtype=None)
     The architecture comes from the adapter folder's `config.json` (AlignGPT or LLaVA), the LLM weights
     from `base`, the projector and alignment weights from `non_lora_trainables.bin`, the LoRA weights
     from the adapter. The vision tower is loaded from the path in the config.
+
+    Args:
+        adapter_dir: the LoRA output folder.
+        base: the base LLM it was trained on (folder or hub id).
+        torch_dtype: the dtype to load in (None: the checkpoint's default).
+    Returns:
+        The PeftModel.
+    Raises:
+        ValueError: the non-LoRA weights do not fit the model, or lack the projector or alignment weights.
     """
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -62,7 +79,16 @@ def load_lora_model(adapter_dir: str | Path, base: str | Path, torch_dtype=None)
 
 
 def merge_lora(adapter_dir: str | Path, base: str | Path, out: str | Path, torch_dtype=None) -> Path:
-    """Merge a LoRA/QLoRA output of LLaVA's train() into a full checkpoint in `out`; returns `out`."""
+    """Merge a LoRA/QLoRA output of LLaVA's train() into a full checkpoint in `out`.
+
+    Args:
+        adapter_dir: the LoRA output folder.
+        base: the base LLM it was trained on.
+        out: the folder to write (safetensors and the base's tokenizer).
+        torch_dtype: the dtype to merge in.
+    Returns:
+        `out`.
+    """
     from transformers import AutoTokenizer
 
     merged = load_lora_model(adapter_dir, base, torch_dtype).merge_and_unload()

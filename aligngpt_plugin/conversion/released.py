@@ -72,6 +72,13 @@ SET_ASIDE = "released"  # folder of the plugin checkpoint for what only the rele
 
 
 def released_to_plugin(key: str) -> str:
+    """A weight's name in the plugin's layout.
+
+    Args:
+        key: its name in the released AlignGPT layout (e.g. `align_indicators.indicator_embs`).
+    Returns:
+        The plugin's name (e.g. `model.alignment.level_embeddings`); names under neither side's prefixes unchanged.
+    """
     for released, plugin in PREFIXES:
         if key.startswith(released):
             return plugin + key[len(released):]
@@ -79,6 +86,13 @@ def released_to_plugin(key: str) -> str:
 
 
 def plugin_to_released(key: str) -> str:
+    """A weight's name in the released AlignGPT layout (the inverse of `released_to_plugin`).
+
+    Args:
+        key: its name in the plugin's layout.
+    Returns:
+        The released layout's name.
+    """
     for released, plugin in PREFIXES:
         if key.startswith(plugin):
             return released + key[len(plugin):]
@@ -86,7 +100,13 @@ def plugin_to_released(key: str) -> str:
 
 
 def is_set_aside(released_key: str) -> bool:
-    """Keys of the released layout that the plugin's model has no place for (see the module docstring)."""
+    """Keys of the released layout that the plugin's model has no place for (see the module docstring).
+
+    Args:
+        released_key: a weight name of the released layout.
+    Returns:
+        True for the rotary `inv_freq` buffers, which go to `released/`.
+    """
     return bool(ROTARY_BUFFER.match(released_key))
 
 
@@ -100,8 +120,20 @@ def _shape(infos: dict[str, TensorInfo], key: str, source: str, released: bool) 
 
 def alignment_from_weights(infos: dict[str, TensorInfo], hidden_size: int | None, source: str,
                            need_gate: bool, released: bool) -> AlignmentConfig:
-    """The AlignmentConfig that plugin-layout weights imply; ConversionError naming key and shapes when
-    they do not fit together or with the LLM (keys named as the source has them: `released` or not)."""
+    """The AlignmentConfig that plugin-layout weights imply.
+
+    Args:
+        infos: {plugin-layout name: TensorInfo} (shapes are read, not tensors).
+        hidden_size: the LLM's hidden size the level table must match (None: not checked).
+        source: the file or folder, for messages.
+        need_gate: require the gate (a full checkpoint) rather than allow its absence (a pre-training file).
+        released: name keys in messages as the released layout has them.
+    Returns:
+        AlignmentConfig with `num_levels` N from the [N, H] level table and, with a gate, `gate_tokens` and
+        `gate_hidden_size` from its [hidden, tokens] first layer.
+    Raises:
+        ConversionError: naming key and shapes, when the weights do not fit together or with the LLM.
+    """
     levels = _shape(infos, "model.alignment.level_embeddings", source, released)
     n = levels[0]
     problems = []
@@ -127,6 +159,15 @@ def alignment_from_weights(infos: dict[str, TensorInfo], hidden_size: int | None
 
 
 def check_llm(infos: dict[str, TensorInfo], config: dict, source: str) -> None:
+    """Check the embedding and output layers against config.json, then the projector.
+
+    Args:
+        infos: {plugin-layout name: TensorInfo}.
+        config: the checkpoint's config.json.
+        source: the folder, for messages.
+    Raises:
+        ConversionError: a shape that config.json contradicts, or a missing weight.
+    """
     hidden, vocab = config.get("hidden_size"), config.get("vocab_size")
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
         shape = _shape(infos, key, source, released=False)
@@ -137,6 +178,15 @@ def check_llm(infos: dict[str, TensorInfo], config: dict, source: str) -> None:
 
 
 def check_projector(infos: dict[str, TensorInfo], config: dict, source: str) -> None:
+    """Check the projector's first and last layers against `mm_hidden_size` and `hidden_size`.
+
+    Args:
+        infos: {plugin-layout name: TensorInfo}.
+        config: the checkpoint's config.json (empty: only the presence of the projector is checked).
+        source: the file or folder, for messages.
+    Raises:
+        ConversionError: no projector weights, or a shape config.json contradicts.
+    """
     layers = sorted(k for k in infos if k.startswith("model.mm_projector.") and k.endswith(".weight"))
     if not layers:
         raise ConversionError(f"{source}: no projector weights (mm_projector.*)")
@@ -151,6 +201,15 @@ def check_projector(infos: dict[str, TensorInfo], config: dict, source: str) -> 
 
 
 def unknown_keys(keys, source: str, released: bool) -> None:
+    """Refuse weights that belong to neither the released nor the plugin layout.
+
+    Args:
+        keys: the weight names.
+        source: the file or folder, for messages.
+        released: whether `keys` are in the released layout (else the plugin's).
+    Raises:
+        ConversionError: naming a few of them.
+    """
     known = tuple(p[0 if released else 1] for p in PREFIXES) + KEPT
     bad = [k for k in keys if not k.startswith(known)]
     if bad:
@@ -160,7 +219,15 @@ def unknown_keys(keys, source: str, released: bool) -> None:
 
 
 def public_form(alignment: AlignmentConfig, source: str) -> None:
-    """from-plugin: the public code can only express its own gate and level count."""
+    """from-plugin: the public code can only express its own gate and level count.
+
+    Args:
+        alignment: the checkpoint's alignment settings.
+        source: the file or folder, for messages.
+    Raises:
+        ConversionError: naming each setting that differs from the public code's (8 levels, adaptive gate over
+            576 image tokens and all text, 256 hidden).
+    """
     ours = (alignment.num_levels, alignment.gate_tokens, alignment.gate_hidden_size, alignment.gate_input,
             alignment.gate_text, alignment.mode)
     public = (8, 576, 256, "fixed", "all", "adaptive")
@@ -191,6 +258,18 @@ class ConversionReport:
 
 
 def folder_to_plugin(src: Path, dst: Path, vision_tower: str | None, max_bytes: int) -> ConversionReport:
+    """Convert a released AlignGPT checkpoint folder (or pre-training folder) to the plugin's layout.
+
+    Args:
+        src: the released folder.
+        dst: the output folder (must not exist).
+        vision_tower: a CLIP tower to write as `mm_vision_tower` (None: keep the config's).
+        max_bytes: the largest shard to write.
+    Returns:
+        The ConversionReport (tensors written, what went to `released/`, notes).
+    Raises:
+        ConversionError: the folder does not fit the released layout.
+    """
     config = read_config(src, RELEASED_MODEL_TYPE, "to-plugin")
     files = weight_files(src)
     adapter = next((src / n for n in ADAPTER_NAMES if (src / n).is_file()), None)
@@ -225,6 +304,18 @@ def folder_to_plugin(src: Path, dst: Path, vision_tower: str | None, max_bytes: 
 
 
 def folder_from_plugin(src: Path, dst: Path, max_bytes: int) -> ConversionReport:
+    """Convert a plugin (Llama) checkpoint folder to the released AlignGPT layout, with what `released/` kept.
+
+    Args:
+        src: the plugin checkpoint folder.
+        dst: the output folder (must not exist).
+        max_bytes: the largest shard to write.
+    Returns:
+        The ConversionReport.
+    Raises:
+        ConversionError: a projector-only checkpoint, weights that do not fit, or settings the public code
+            cannot express.
+    """
     config = read_config(src, MODEL_TYPE, "from-plugin")
     files = weight_files(src)
     if not files:
@@ -269,6 +360,17 @@ def folder_from_plugin(src: Path, dst: Path, max_bytes: int) -> ConversionReport
 
 
 def read_config(folder: Path, want: str, direction: str) -> dict:
+    """A checkpoint folder's config.json, checked to be of the model type a direction converts from.
+
+    Args:
+        folder: the checkpoint folder.
+        want: the model type expected.
+        direction: "to-plugin" or "from-plugin", for messages.
+    Returns:
+        The config as a dict.
+    Raises:
+        ConversionError: no config.json, or another model type.
+    """
     path = folder / "config.json"
     if not path.is_file():
         raise ConversionError(f"{folder} has no config.json: is it a checkpoint folder?")
@@ -282,7 +384,14 @@ def read_config(folder: Path, want: str, direction: str) -> dict:
 
 
 def vision_tower_notes(config: dict, vision_tower: str | None) -> list[str]:
-    """Point `mm_vision_tower` at a tower that exists here; the public scripts saved a relative local path."""
+    """Point `mm_vision_tower` at a tower that exists here; the public scripts saved a relative local path.
+
+    Args:
+        config: the config being written (changed in place when `vision_tower` is given).
+        vision_tower: the tower to use, or None.
+    Returns:
+        Notes for the report (what changed, or that the config's tower is not a folder here).
+    """
     if vision_tower:
         old, config["mm_vision_tower"] = config.get("mm_vision_tower"), vision_tower
         return [f"mm_vision_tower {old!r} -> {vision_tower!r} (from-plugin restores the original)"]
@@ -294,7 +403,16 @@ def vision_tower_notes(config: dict, vision_tower: str | None) -> list[str]:
 
 
 def adapter_state(path: Path, to_plugin: bool) -> tuple[dict[str, torch.Tensor], AlignmentConfig]:
-    """A pre-training file renamed; the alignment sizes it implies (checked)."""
+    """A pre-training file renamed; the alignment sizes it implies (checked).
+
+    Args:
+        path: `mm_projector_align.bin` (released) or `mm_projector.bin` (plugin).
+        to_plugin: the direction.
+    Returns:
+        (the renamed state dict, without the gate when going to the released layout; its AlignmentConfig).
+    Raises:
+        ConversionError: unknown keys, no projector, or levels that do not fit.
+    """
     with open_weights(path) as state:
         state = dict(state.items())
     if to_plugin:
@@ -315,7 +433,16 @@ def adapter_state(path: Path, to_plugin: bool) -> tuple[dict[str, torch.Tensor],
 
 def convert_adapter(src: Path, dst: Path, to_plugin: bool, force: bool = False) -> ConversionReport:
     """A pre-training file (`mm_projector_align.bin` <-> `mm_projector.bin`). An existing `dst` is
-    replaced only with `force` (a folder's output is never replaced: see `partial_folder`)."""
+    replaced only with `force` (a folder's output is never replaced: see `partial_folder`).
+
+    Args:
+        src: the file to convert.
+        dst: the output file.
+        to_plugin: the direction.
+        force: replace an existing `dst`.
+    Returns:
+        The ConversionReport.
+    """
     if dst.is_dir():
         raise ConversionError(f"{dst} is a folder; a pre-training file converts to a file: give its path, "
                               f"e.g. {dst / ('mm_projector.bin' if to_plugin else 'mm_projector_align.bin')}")
@@ -332,7 +459,17 @@ def convert_adapter(src: Path, dst: Path, to_plugin: bool, force: bool = False) 
 def pretrain_folder_to_plugin(src: Path, adapter: Path, dst: Path, config: dict,
                               vision_tower: str | None) -> ConversionReport:
     """A released pre-training folder -> a plugin projector-only checkpoint (`mm_projector.bin` and its
-    config), which stage 2's --pretrain_mm_mlp_adapter and the loader's --model-base path both take."""
+    config), which stage 2's --pretrain_mm_mlp_adapter and the loader's --model-base path both take.
+
+    Args:
+        src: the released pre-training folder.
+        adapter: its `mm_projector_align.bin`.
+        dst: the output folder.
+        config: the folder's config.json.
+        vision_tower: a CLIP tower to write as `mm_vision_tower` (None: keep the config's).
+    Returns:
+        The ConversionReport.
+    """
     state, alignment = adapter_state(adapter, to_plugin=True)
     plugin_config = dict(config, model_type=MODEL_TYPE, architectures=[PLUGIN_ARCHITECTURE],
                          alignment=alignment.to_dict())
@@ -351,7 +488,18 @@ def convert(src: str | Path, dst: str | Path, to_plugin: bool = True, vision_tow
             max_shard_size: int = 2 << 30, force: bool = False) -> ConversionReport:
     """Convert a checkpoint folder (or hub id) or a pre-training `.bin` file; ConversionError if it does
     not fit or cannot be read, before anything is written. An existing output file is replaced only with
-    `force`; an existing output folder never is (remove it first)."""
+    `force`; an existing output folder never is (remove it first).
+
+    Args:
+        src: the checkpoint folder, hub id (to-plugin only) or pre-training file.
+        dst: the output folder or file.
+        to_plugin: released -> plugin (True) or plugin -> released.
+        vision_tower: a CLIP tower to write as `mm_vision_tower` (to-plugin).
+        max_shard_size: the largest shard to write, in bytes.
+        force: replace an existing output file.
+    Returns:
+        The ConversionReport.
+    """
     source = resolve(str(src)) if to_plugin else Path(src)
     if not source.exists():
         raise ConversionError(f"{source} does not exist")

@@ -32,6 +32,7 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A tensor's shape and size in bytes, and the file it is in, read without its data."""
     shape: tuple[int, ...]
     nbytes: int
     file: Path
@@ -44,7 +45,15 @@ _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
 @contextlib.contextmanager
 def open_weights(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
     """The tensors of one weight file, read lazily: safetensors through `safe_open`, `.bin` memory-mapped
-    (`weights_only`), so only what is used is read. The mapping is released when the block ends."""
+    (`weights_only`), so only what is used is read. The mapping is released when the block ends.
+
+    Args:
+        path: a `.safetensors` or `.bin` file.
+    Returns:
+        A context manager giving {name: tensor}.
+    Raises:
+        ConversionError: naming the file, when it cannot be read as a state dict.
+    """
     if path.suffix == ".safetensors":
         with unreadable_is_an_error(path):  # the header is read here: a corrupt file fails now, named
             handle = safe_open(str(path), framework="pt")
@@ -67,7 +76,11 @@ def open_weights(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
 @contextlib.contextmanager
 def unreadable_is_an_error(path: Path) -> Iterator[None]:
     """A file that torch or safetensors cannot read (truncated, not a weight file, pickled objects that
-    `weights_only` refuses) becomes a ConversionError naming it, instead of a traceback."""
+    `weights_only` refuses) becomes a ConversionError naming it, instead of a traceback.
+
+    Args:
+        path: the file read inside the block.
+    """
     try:
         yield
     except ConversionError:
@@ -78,7 +91,15 @@ def unreadable_is_an_error(path: Path) -> Iterator[None]:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from `path`; ConversionError naming the file and the place when it is not one."""
+    """A JSON object from `path`.
+
+    Args:
+        path: the JSON file.
+    Returns:
+        The object.
+    Raises:
+        ConversionError: naming the file and the place, when it is not a JSON object.
+    """
     try:
         value = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -107,7 +128,13 @@ class _LazySafetensors(Mapping):
 
 
 def tensor_infos(files: list[Path]) -> dict[str, TensorInfo]:
-    """Shape and size of every tensor, without reading the data."""
+    """Shape and size of every tensor, without reading the data.
+
+    Args:
+        files: weight files (`.safetensors` or `.bin`).
+    Returns:
+        {tensor name: TensorInfo}, in file order.
+    """
     infos: dict[str, TensorInfo] = {}
     for path in files:
         if path.suffix == ".safetensors":
@@ -127,7 +154,15 @@ def tensor_infos(files: list[Path]) -> dict[str, TensorInfo]:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The model weight files of a checkpoint folder, in the order of its index if it has one."""
+    """The model weight files of a checkpoint folder, in the order of its index if it has one.
+
+    Args:
+        folder: the checkpoint folder.
+    Returns:
+        The files (without adapters and trainer state; the safetensors ones when a folder has both kinds).
+    Raises:
+        ConversionError: an index without a weight map or naming files that are not there.
+    """
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
             weight_map = read_json(folder / index).get("weight_map")
@@ -146,7 +181,15 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def resolve(src: str) -> Path:
-    """A local path, or a hub id fetched (or found in the cache) with huggingface_hub."""
+    """A local path, or a hub id fetched (or found in the cache) with huggingface_hub.
+
+    Args:
+        src: a path or a hub id `owner/name`.
+    Returns:
+        The local path.
+    Raises:
+        ConversionError: neither a path nor a hub id that can be fetched.
+    """
     path = Path(src)
     if path.exists():
         return path
@@ -176,7 +219,16 @@ class OutputShard:
 
 def plan_shards(infos: dict[str, TensorInfo], rename, max_bytes: int, prefix: str) -> list[OutputShard]:
     """Group tensors into output files of at most `max_bytes` (a larger tensor gets a file to itself),
-    never mixing source files, so one source file is open at a time."""
+    never mixing source files, so one source file is open at a time.
+
+    Args:
+        infos: {source name: TensorInfo}, in the order to write.
+        rename: source name -> output name, or None to leave the tensor out.
+        max_bytes: the largest shard.
+        prefix: the output files' stem (`model` gives model.safetensors or model-00001-of-0000N.safetensors).
+    Returns:
+        The shards, named.
+    """
     shards: list[OutputShard] = []
     for key, info in infos.items():
         new = rename(key)
@@ -195,7 +247,14 @@ def plan_shards(infos: dict[str, TensorInfo], rename, max_bytes: int, prefix: st
 
 
 def write_shards(shards: list[OutputShard], folder: Path) -> dict[str, str]:
-    """Write every shard not already there (a resumed run keeps finished ones); the weight map."""
+    """Write every shard not already there (a resumed run keeps finished ones).
+
+    Args:
+        shards: the planned shards.
+        folder: where to write them.
+    Returns:
+        The weight map {output name: shard file name}.
+    """
     weight_map = {}
     by_source: dict[Path, list[OutputShard]] = {}
     for shard in shards:
@@ -220,6 +279,14 @@ def write_shards(shards: list[OutputShard], folder: Path) -> dict[str, str]:
 
 
 def write_index(folder: Path, prefix: str, shards: list[OutputShard], weight_map: dict[str, str]) -> None:
+    """Write `<prefix>.safetensors.index.json` when there is more than one shard.
+
+    Args:
+        folder: the output folder.
+        prefix: the shards' stem.
+        shards: the shards (their sizes make `total_size`).
+        weight_map: {output name: shard file name}.
+    """
     if len(shards) > 1:
         write_json_atomic(folder / f"{prefix}.safetensors.index.json", {
             "metadata": {"total_size": sum(s.nbytes for s in shards)}, "weight_map": dict(sorted(weight_map.items()))})
@@ -228,7 +295,16 @@ def write_index(folder: Path, prefix: str, shards: list[OutputShard], weight_map
 @contextlib.contextmanager
 def partial_folder(dst: Path, plan: dict) -> Iterator[Path]:
     """Write into DST.partial and rename it to DST at the end. A DST.partial left by a killed run of the
-    same conversion (same source files, same plan) is continued; anything else there is an error."""
+    same conversion (same source files, same plan) is continued; anything else there is an error.
+
+    Args:
+        dst: the output folder (must not exist).
+        plan: what identifies the conversion (direction, sources, sizes): its hash marks the partial folder.
+    Returns:
+        A context manager giving the partial folder to write into.
+    Raises:
+        ConversionError: `dst` exists, or the partial folder belongs to another conversion.
+    """
     if dst.exists():
         raise ConversionError(f"{dst} already exists; remove it or choose another output")
     work = dst.with_name(dst.name + ".partial")
@@ -247,11 +323,24 @@ def partial_folder(dst: Path, plan: dict) -> Iterator[Path]:
 
 
 def source_stamp(files: list[Path]) -> list:
+    """What identifies the source files of a conversion, for `partial_folder`'s plan.
+
+    Args:
+        files: the source files.
+    Returns:
+        [[resolved path, size, mtime in ns], ...].
+    """
     return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def copy_other_files(src: Path, dst: Path, skip: set[Path]) -> None:
-    """Tokenizer, generation config and the like, unchanged."""
+    """Tokenizer, generation config and the like, unchanged.
+
+    Args:
+        src: the source folder.
+        dst: the output folder.
+        skip: files not to copy (the weights); config.json, indexes and weight files are never copied.
+    """
     for f in src.iterdir():
         if (f.is_file() and f not in skip and f.name != "config.json" and not f.name.endswith(".index.json")
                 and f.suffix not in (".bin", ".safetensors") and not f.name.startswith(".")):
