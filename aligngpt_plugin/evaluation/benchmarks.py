@@ -21,6 +21,9 @@ EVAL_DOCS = "LLaVA's docs/Evaluation.md (github.com/haotian-liu/LLaVA)"
 
 @dataclass(frozen=True)
 class Benchmark:
+    """One benchmark of the paper's table: where LLaVA's eval module reads its questions and images, and how
+    its answers are scored (`local`, a `submission` file for a server, or a `gpt` judge).
+    """
     key: str
     title: str  # the column name in the paper's table
     module: str  # LLaVA's eval module that writes the answers
@@ -69,6 +72,15 @@ BENCHMARKS: dict[str, Benchmark] = load_benchmarks()
 
 
 def get(key: str) -> Benchmark:
+    """The benchmark named `key`.
+
+    Args:
+        key: its key in benchmarks.json (e.g. "gqa").
+    Returns:
+        The Benchmark.
+    Raises:
+        SystemExit: naming the known keys, for an unknown one.
+    """
     try:
         return BENCHMARKS[key]
     except KeyError:

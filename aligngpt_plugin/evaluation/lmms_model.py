@@ -98,7 +98,13 @@ class AlignGPT(lmms_llava.Llava):
         return fetched if len(fetched) == batch else None
 
     def generate_until(self, requests) -> list[str]:
-        """lmms-eval's, with the documents it feeds each `generate` noted (see `_Fetches`)."""
+        """lmms-eval's, with the documents it feeds each `generate` noted (see `_Fetches`).
+
+        Args:
+            requests: lmms-eval's generation requests.
+        Returns:
+            One answer per request, in request order.
+        """
         tasks = self.task_dict
         self._fetched.clear()
         self.task_dict = _Fetches(tasks, self._fetched)

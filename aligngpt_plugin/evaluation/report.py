@@ -21,7 +21,15 @@ NOT_RUN = "not run"
 
 
 def load_results(results_dir: str | Path) -> dict[str, dict]:
-    """{benchmark key: result} from the `<key>.json` files `aligngpt-eval score` wrote."""
+    """{benchmark key: result} from the `<key>.json` files `aligngpt-eval score` wrote.
+
+    Args:
+        results_dir: the folder of result files.
+    Returns:
+        The results of the known benchmarks found there (other JSON files are ignored).
+    Raises:
+        ValueError: naming a file that is not valid JSON.
+    """
     found = {}
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
@@ -34,6 +42,13 @@ def load_results(results_dir: str | Path) -> dict[str, dict]:
 
 
 def cell(result: dict | None) -> str:
+    """A result as its table cell.
+
+    Args:
+        result: a benchmark's result, or None when it was not run.
+    Returns:
+        The score with one decimal, or "not run", "to submit" or "to judge (GPT-4)".
+    """
     if result is None:
         return NOT_RUN
     if result.get("score") is None:
@@ -42,7 +57,13 @@ def cell(result: dict | None) -> str:
 
 
 def markdown_table(runs: dict[str, dict[str, dict]]) -> str:
-    """`runs`: {row name: {benchmark key: result}}; the paper's rows come first."""
+    """The results as a Markdown table, the paper's rows first, with a note on the cells and the metrics.
+
+    Args:
+        runs: {row name: {benchmark key: result}}.
+    Returns:
+        The table's text.
+    """
     header = "| model | " + " | ".join(b.title for b in BENCHMARKS.values()) + " |"
     lines = [header, "|" + "---|" * (len(BENCHMARKS) + 1)]
     for name, values in PAPER.items():
@@ -56,7 +77,14 @@ def markdown_table(runs: dict[str, dict[str, dict]]) -> str:
 
 
 def write_report(results_dirs: list[str | Path], out: str | Path | None = None) -> str:
-    """The table for one or more result folders (one row each, named after the folder)."""
+    """The table for one or more result folders (one row each, named after the folder).
+
+    Args:
+        results_dirs: the result folders.
+        out: a file to write the table to as well (None: only return it).
+    Returns:
+        The table's text.
+    """
     runs = {Path(d).name: load_results(d) for d in results_dirs}
     text = markdown_table(runs)
     if out is not None:

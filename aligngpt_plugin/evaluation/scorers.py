@@ -35,6 +35,14 @@ def _answers_by_id(path: Path) -> dict:
 
 
 def write_json(path: Path, value) -> Path:
+    """Write `value` as JSON to `path`, atomically.
+
+    Args:
+        path: the file (its folder is created).
+        value: a JSON-serialisable value.
+    Returns:
+        `path`.
+    """
     write_json_atomic(path, value)
     return path
 
@@ -43,7 +51,18 @@ def write_json(path: Path, value) -> Path:
 
 def score_pope(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     """LLaVA's eval_pope per split (its printed F1, accuracy, precision, recall, yes-ratio); the
-    benchmark's number is the mean F1 of the three splits, as LLaVA-1.5 and AlignGPT report it."""
+    benchmark's number is the mean F1 of the three splits, as LLaVA-1.5 and AlignGPT report it.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ...}.
+    Raises:
+        AnswersError: a split's answers and labels differ in number.
+    """
     from llava.eval.eval_pope import eval_pope
 
     questions = {q["question_id"]: q for q in read_jsonl(eval_dir / "pope/llava_pope_test.jsonl")}
@@ -83,7 +102,17 @@ def _pope_printed(text: str) -> dict:
 
 
 def score_sqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
-    """LLaVA's eval_science_qa, run as LLaVA's script runs it; the paper's SQA-I is its IMG-Accuracy."""
+    """LLaVA's eval_science_qa, run as LLaVA's script runs it; the paper's SQA-I is its IMG-Accuracy.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ...,
+        "files": eval_science_qa's output and result}.
+    """
     base = eval_dir / "scienceqa"
     output_file, output_result = out / f"sqa_{ckpt}_output.json", out / f"sqa_{ckpt}_result.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +135,18 @@ def score_sqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 
 
 def score_textvqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
-    """LLaVA's eval_textvqa: its question matching and the m4c TextVQA accuracy."""
+    """LLaVA's eval_textvqa: its question matching and the m4c TextVQA accuracy.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ...}.
+    Raises:
+        AnswersError: a question is not in TextVQA_0.5.1_val.json.
+    """
     from llava.eval.eval_textvqa import prompt_processor
     from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
 
@@ -127,7 +167,16 @@ def score_textvqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 def score_gqa(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     """GQA's eval.py accuracy on testdev-balanced: exact match of LLaVA's converted prediction (trailing
     period stripped, lower-cased, as LLaVA's convert_gqa_for_eval) with the question's answer. Also writes
-    `testdev_balanced_predictions.json` where GQA's own eval.py looks for it."""
+    `testdev_balanced_predictions.json` where GQA's own eval.py looks for it.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ...}.
+    """
     questions = json.loads((eval_dir / "gqa/data/testdev_balanced_questions.json").read_text())
     preds = {str(r["question_id"]): r["text"].rstrip(".").lower() for r in read_jsonl(answers)}
     write_json(eval_dir / "gqa/data/testdev_balanced_predictions.json",
@@ -154,7 +203,13 @@ def _mme_ground_truth(release: Path) -> dict:
 
 
 def mme_parse(text: str) -> str:
-    """MME's calculation.py reading of an answer: yes, no, or other (from its first four characters)."""
+    """MME's calculation.py reading of an answer: yes, no, or other (from its first four characters).
+
+    Args:
+        text: the model's answer.
+    Returns:
+        "yes", "no" or "other".
+    """
     text = text.lower().strip()
     if text in ("yes", "no"):
         return text
@@ -164,7 +219,18 @@ def mme_parse(text: str) -> str:
 
 def score_mme(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     """MME's calculation.py: per subtask accuracy + accuracy+ (both questions of an image right), x100,
-    summed over the 10 perception subtasks (the paper's MME column) and the 4 cognition ones."""
+    summed over the 10 perception subtasks (the paper's MME column) and the 4 cognition ones.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ...}.
+    Raises:
+        AnswersError: an answer has no ground truth.
+    """
     truth = _mme_ground_truth(eval_dir / "MME/MME_Benchmark_release_version")
     per_image = defaultdict(list)
     for row in read_jsonl(answers):
@@ -191,7 +257,16 @@ def score_mme(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 
 def score_seed(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     """SEED-Bench's rule as LLaVA's convert_seed_for_submission applies it: exact match of the answer
-    letter; the paper's SEED-I is the accuracy on image questions. Also writes the upload file."""
+    letter; the paper's SEED-I is the accuracy on image questions. Also writes the upload file.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": the benchmark's number, "count": answers scored, "details": ..., "files": {"upload"}}.
+    """
     data = json.loads((eval_dir / "seed_bench/SEED-Bench.json").read_text())
     results = {str(r["question_id"]): r["text"] for r in read_jsonl(answers)}
     totals, correct = defaultdict(int), defaultdict(int)
@@ -215,7 +290,16 @@ def _evalai(text: str) -> str:
 
 
 def submit_vqav2(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
-    """Every test2015 question with its EvalAI-normalised answer ('' where none), as LLaVA writes it."""
+    """Every test2015 question with its EvalAI-normalised answer ('' where none), as LLaVA writes it.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"upload": the file written}, "note": where to submit it}.
+    """
     results = {r["question_id"]: r["text"] for r in read_jsonl(answers)}
     split = read_jsonl(eval_dir / "vqav2/llava_vqav2_mscoco_test2015.jsonl")
     rows = [{"question_id": x["question_id"], "answer": _evalai(results[x["question_id"]])
@@ -226,6 +310,18 @@ def submit_vqav2(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 
 
 def submit_vizwiz(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
+    """The VizWiz-VQA server's upload file: every test question's image with its EvalAI-normalised answer.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"upload": the file written}, "note": where to submit it}.
+    Raises:
+        AnswersError: a question has no answer.
+    """
     results = {r["question_id"]: r["text"] for r in read_jsonl(answers)}
     split = read_jsonl(eval_dir / "vizwiz/llava_test.jsonl")
     missing = [x["question_id"] for x in split if x["question_id"] not in results]
@@ -255,11 +351,31 @@ def _submit_mmbench(tsv: Path, answers: Path, upload_dir: Path, ckpt: str) -> di
 
 
 def submit_mmbench(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
+    """The MMBench (dev, English) upload sheet: LLaVA's convert_mmbench_for_submission's xlsx.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"upload": the file written}, "note": where to submit it}.
+    """
     return _submit_mmbench(eval_dir / "mmbench/mmbench_dev_20230712.tsv", answers,
                            eval_dir / "mmbench/answers_upload/mmbench_dev_20230712", ckpt)
 
 
 def submit_mmbench_cn(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
+    """The MMBench-CN (dev) upload sheet: LLaVA's convert_mmbench_for_submission's xlsx.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"upload": the file written}, "note": where to submit it}.
+    """
     return _submit_mmbench(eval_dir / "mmbench_cn/mmbench_dev_cn_20231003.tsv", answers,
                            eval_dir / "mmbench/answers_upload/mmbench_dev_cn_20231003", ckpt)
 
@@ -269,7 +385,18 @@ def submit_mmbench_cn(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> di
 def gpt_llava_w(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
     """The answers for LLaVA's GPT-4 judge, checked to be one per question in questions.jsonl's order:
     eval_gpt_review_bench.py pairs the two files line by line (zip, no id check), so any other order would
-    have each answer judged against another question."""
+    have each answer judged against another question.
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"answers"}, "note": how to judge them}.
+    Raises:
+        AnswersError: naming the first line out of order.
+    """
     rows = read_jsonl(answers)
     asked = [q["question_id"] for q in read_jsonl(eval_dir / "llava-bench-in-the-wild/questions.jsonl")]
     given = [r["question_id"] for r in rows]
@@ -285,6 +412,16 @@ def gpt_llava_w(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
 
 
 def gpt_mmvet(eval_dir: Path, answers: Path, out: Path, ckpt: str) -> dict:
+    """The results file MM-Vet's GPT-4 evaluator reads ({"v1_<id>": answer}).
+
+    Args:
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file (JSON lines) LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name, used in output file names.
+    Returns:
+        {"score": None, "count", "files": {"results"}, "note": how to judge them}.
+    """
     results = {f"v1_{r['question_id']}": r["text"] for r in read_jsonl(answers)}
     dst = write_json(eval_dir / "mm-vet/results" / f"{ckpt}.json", results)
     return {"score": None, "count": len(results), "files": {"results": str(dst)},
@@ -299,7 +436,20 @@ SCORERS = {
 
 
 def score(bench: Benchmark, eval_dir: str | Path, answers: str | Path, out: str | Path, ckpt: str) -> dict:
-    """Score (or prepare for submission) `answers` of `bench`; the dict `aligngpt-eval score` writes."""
+    """Score (or prepare for submission) `answers` of `bench`; the dict `aligngpt-eval score` writes.
+
+    Args:
+        bench: the benchmark.
+        eval_dir: LLaVA's `playground/data/eval` folder.
+        answers: the answers file LLaVA's eval module wrote.
+        out: the folder for the scorer's own output files.
+        ckpt: the checkpoint's name.
+    Returns:
+        {"benchmark", "title", "metric", "scoring", "checkpoint", "answers"} and the scorer's "score", "count",
+        "details", "files", "note".
+    Raises:
+        FileNotFoundError: the answers file or a file the scorer needs is missing.
+    """
     eval_dir, answers, out = Path(eval_dir), Path(answers), Path(out)
     if not answers.is_file():
         raise FileNotFoundError(f"{answers} does not exist: run eval/{bench.key}.sh (the inference) first")
