@@ -11,6 +11,7 @@ import torch
 
 @dataclass
 class LoadedModel:
+    """A checkpoint loaded for analysis: the model (eval, fp32), its tokenizer and image processor, and its folder."""
     model: torch.nn.Module
     tokenizer: object
     image_processor: object
@@ -30,6 +31,17 @@ def load_checkpoint(model_path: str | Path, model_base: str | None = None, visio
 
     Loads through the classes LLaVA (and the plugin) register with AutoConfig / AutoModelForCausalLM, as
     LLaVA's own builder does for these two layouts, without its dispatch on folder names.
+
+    Args:
+        model_path: the checkpoint folder (config.json, weights or mm_projector.bin).
+        model_base: the base LLM a stage-1 folder was trained on (required for one).
+        vision_tower: a CLIP tower to use instead of the config's `mm_vision_tower`.
+        device: where to put the model.
+    Returns:
+        The LoadedModel.
+    Raises:
+        FileNotFoundError: no config.json.
+        ValueError: not a LLaVA checkpoint, a stage-1 folder without `model_base`, or weights that do not fit.
     """
     from aligngpt_plugin.integrations.llava.compat import prepare_llava
 

@@ -21,7 +21,17 @@ def _pyplot():
 
 def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, words: list[str],
                     labelled: list[int], title: str = "") -> None:
-    """The processed image, its patch grid, labelled patches outlined in red, each patch's top word."""
+    """The processed image, its patch grid, labelled patches outlined in red, each patch's top word.
+
+    Args:
+        path: the image file to write.
+        pixels: [3, S, S], the processor's normalised pixels.
+        processor: the CLIP image processor (its mean and std undo the normalisation).
+        grid: patches per side.
+        words: grid*grid words, each patch's nearest word, in row-major patch order.
+        labelled: indices of the labelled patches.
+        title: the figure's title.
+    """
     plt = _pyplot()
     mean = torch.tensor(processor.image_mean).view(3, 1, 1)
     std = torch.tensor(processor.image_std).view(3, 1, 1)
@@ -51,6 +61,13 @@ def plot_patch_grid(path: Path, pixels: torch.Tensor, processor, grid: int, word
 
 
 def plot_spectra(path: Path, before: list[float], after: list[float]) -> None:
+    """The normalised singular values of the image tokens before and after the projector, on a log scale.
+
+    Args:
+        path: the image file to write.
+        before: singular values / their sum of the vision tower's tokens, descending.
+        after: the same of the projected tokens.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.semilogy(range(1, len(before) + 1), before, label="before projector (vision tower)")
@@ -64,6 +81,12 @@ def plot_spectra(path: Path, before: list[float], after: list[float]) -> None:
 
 
 def plot_pursuit(path: Path, residual: list[float]) -> None:
+    """Matching pursuit's residual norm against the number of word embeddings used.
+
+    Args:
+        path: the image file to write.
+        residual: residual norm / patch norm after 0, 1, ... atoms.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(range(len(residual)), residual, marker="o")

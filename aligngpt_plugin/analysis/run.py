@@ -24,7 +24,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def candidate_words(tokenizer, vocab_size: int, mode: str = "alpha") -> torch.Tensor:
-    """Token ids the nearest-word search and matching pursuit may use."""
+    """Token ids the nearest-word search and matching pursuit may use.
+
+    Args:
+        tokenizer: the LLM's tokenizer.
+        vocab_size: rows of the embedding table.
+        mode: "alpha" (ASCII alphabetic pieces of 2+ letters) or "all".
+    Returns:
+        [W] long token ids.
+    """
     if mode == "all":
         return torch.arange(vocab_size)
     if mode != "alpha":
@@ -37,6 +45,7 @@ def candidate_words(tokenizer, vocab_size: int, mode: str = "alpha") -> torch.Te
 
 @dataclass
 class ImageInput:
+    """One picture to analyse: its id, file, LLaVA record (None for a bare image folder) and index there."""
     id: str
     path: Path
     record: dict | None
@@ -44,6 +53,18 @@ class ImageInput:
 
 
 def collect_images(data: str | None, image_folder: str | None, images: str | None, limit: int) -> list[ImageInput]:
+    """The pictures to analyse, from a LLaVA data file (records with an image) or a folder of images.
+
+    Args:
+        data: a LLaVA data JSON (exclusive with `images`).
+        image_folder: where `data`'s images are (default: the data file's folder).
+        images: a folder of images (exclusive with `data`).
+        limit: take at most this many (0: all).
+    Returns:
+        The ImageInputs, in file order.
+    Raises:
+        SystemExit: both or neither source given, a data file that is not a list, or no image found.
+    """
     if (data is None) == (images is None):
         raise SystemExit("give exactly one of --data FILE (with --image-folder) or --images FOLDER")
     found = []
@@ -67,7 +88,14 @@ def collect_images(data: str | None, image_folder: str | None, images: str | Non
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pixels [3, S, S], vision tokens [N, C], projected tokens [N, H]) for one PIL image."""
+    """One picture through the vision tower and the projector.
+
+    Args:
+        loaded: the loaded checkpoint.
+        image: a PIL image.
+    Returns:
+        (pixels [3, S, S], vision tokens [N, C], projected tokens [N, H]), N = patches, on the CPU in fp32.
+    """
     from llava.mm_utils import process_images
 
     model = loaded.model
@@ -88,7 +116,22 @@ def _phrase_tokens(tokenizer, phrase: str) -> set[int]:
 def analyze(loaded: LoadedModel, inputs: list[ImageInput], out: Path, top_k: int = 5, mp_atoms: int = 8,
             mp_max_patches: int = 128, vocab: str = "alpha", min_overlap: float = 0.5, plots: int = 4,
             seed: int = 0) -> dict:
-    """Run every metric on every image, write report.json and the plots under `out`, return the report."""
+    """Run every metric on every image, write report.json and the plots under `out`, return the report.
+
+    Args:
+        loaded: the loaded checkpoint.
+        inputs: the pictures.
+        out: the output folder.
+        top_k: nearest words per patch.
+        mp_atoms: matching-pursuit atoms per patch.
+        mp_max_patches: patches per image for matching pursuit (labelled ones first, the rest drawn at random).
+        vocab: candidate words, "alpha" or "all".
+        min_overlap: the fraction of a patch a labelled box must cover to label it.
+        plots: how many images get a patch-grid plot.
+        seed: seeds that draw.
+    Returns:
+        The report (the dict written to report.json).
+    """
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
