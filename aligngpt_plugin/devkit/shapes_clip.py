@@ -80,7 +80,13 @@ class ShapesClip:
 
 
 def create(config: Path):
-    """The open_clip model, its eval preprocessing and tokenizer, from a config JSON (open_clip's front door)."""
+    """The open_clip model, its eval preprocessing and tokenizer, from a config JSON (open_clip's front door).
+
+    Args:
+        config: an open_clip model config file; its stem is the model's name.
+    Returns:
+        (model, preprocess: PIL image -> [3, S, S], tokenizer: list of str -> [n, context] ids).
+    """
     import open_clip
 
     open_clip.add_model_config(config)
@@ -89,14 +95,31 @@ def create(config: Path):
 
 
 def auc(positives: list[float], negatives: list[float]) -> float:
-    """P(a positive scores above a negative), ties count half (the Mann-Whitney U statistic / n+ n-)."""
+    """P(a positive scores above a negative), ties count half (the Mann-Whitney U statistic / n+ n-).
+
+    Args:
+        positives: the positives' scores.
+        negatives: the negatives' scores.
+    Returns:
+        The AUC in [0, 1].
+    """
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))
 
 
 def heldout_auc(model, preprocess, tokenizer, n: int, seed: int) -> dict[str, float]:
     """Pictures no training saw, each with a true, a partly true and an unrelated caption: AUC of the
-    true captions' scores against each kind of false one."""
+    true captions' scores against each kind of false one.
+
+    Args:
+        model: the open_clip model.
+        preprocess: its eval preprocessing.
+        tokenizer: its tokenizer.
+        n: how many pictures to draw.
+        seed: the run's seed (the held-out pictures use seed + 7919).
+    Returns:
+        {"true_vs_partial", "true_vs_unrelated", "true_vs_false": AUC}.
+    """
     rng = random.Random(seed + 7919)
     pics, captions = [], {k: [] for k in demo_data.TRUTH_KINDS}
     for _ in range(n):
@@ -115,7 +138,15 @@ def heldout_auc(model, preprocess, tokenizer, n: int, seed: int) -> dict[str, fl
 
 
 def train_shapes_clip(out: Path, settings: ClipTraining | None = None, progress: bool = True) -> ShapesClip:
-    """Train the tiny CLIP on freshly drawn shapes with their true captions; write it (see module doc)."""
+    """Train the tiny CLIP on freshly drawn shapes with their true captions; write it (see module doc).
+
+    Args:
+        out: the output folder (config, checkpoint, `tower/`, clip_eval.json).
+        settings: the training settings (default ClipTraining()).
+        progress: show a progress bar.
+    Returns:
+        The ShapesClip (paths, held-out AUCs, per-step losses).
+    """
     import open_clip
     from tqdm import tqdm
 
@@ -171,7 +202,13 @@ def train_shapes_clip(out: Path, settings: ClipTraining | None = None, progress:
 
 
 def vision_state_dict(visual) -> dict[str, torch.Tensor]:
-    """open_clip's VisionTransformer weights under transformers' CLIPVisionModelWithProjection names."""
+    """open_clip's VisionTransformer weights under transformers' CLIPVisionModelWithProjection names.
+
+    Args:
+        visual: the open_clip model's `visual` tower.
+    Returns:
+        {transformers name: tensor} (the fused qkv split into q, k, v; `proj` transposed).
+    """
     sd = {k: v.detach().clone() for k, v in visual.state_dict().items()}
     hf = {
         "vision_model.embeddings.class_embedding": sd["class_embedding"],
@@ -198,7 +235,17 @@ def vision_state_dict(visual) -> dict[str, torch.Tensor]:
 
 
 def write_tower(model, out: Path, s: ClipTraining) -> Path:
-    """The vision half as a transformers folder LLaVA's CLIPVisionTower loads (model + image processor)."""
+    """The vision half as a transformers folder LLaVA's CLIPVisionTower loads (model + image processor).
+
+    Args:
+        model: the trained open_clip model.
+        out: the folder to write.
+        s: the training settings (width, image and patch size).
+    Returns:
+        `out`.
+    Raises:
+        RuntimeError: the converted weights do not fill the transformers model exactly.
+    """
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     visual = model.visual

@@ -25,6 +25,7 @@ from aligngpt_plugin.devkit import demo_data
 
 @dataclass
 class LanguageTraining:
+    """Settings of the tiny LLM's language warm-up (next-token training on captions) before the demo trains."""
     steps: int = field(default=100, metadata={"help": "optimiser steps (0: keep the random LLM)"})
     batch_size: int = field(default=24, metadata={"help": "texts per step"})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW peak learning rate (warmup, cosine)"})
@@ -32,14 +33,28 @@ class LanguageTraining:
 
 
 def sample_text(rng: random.Random) -> str:
-    """A caption of random content, or unrelated alt-text, as often as in the pre-training data."""
+    """A caption of random content, or unrelated alt-text, as often as in the pre-training data.
+
+    Args:
+        rng: the random source.
+    Returns:
+        The text.
+    """
     if rng.random() < demo_data.WEB_MIX["unrelated"]:
         return rng.choice(demo_data.UNRELATED)
     return demo_data.caption(*demo_data.random_content(rng), rng)
 
 
 def train_language(llm: Path, settings: LanguageTraining | None = None, progress: bool = True) -> list[float]:
-    """Train the LLM saved in `llm` on the texts above and save it back there; returns the losses."""
+    """Train the LLM saved in `llm` on the texts above and save it back there.
+
+    Args:
+        llm: the LLM's folder (read and overwritten).
+        settings: the training settings (default LanguageTraining(); 0 steps: nothing is done).
+        progress: show a progress bar.
+    Returns:
+        The loss of each step.
+    """
     from tqdm import tqdm
     from transformers import AutoTokenizer, LlamaForCausalLM
 

@@ -103,7 +103,14 @@ def tokenizer_dir() -> Path:
 
 
 def save_with_tokenizer(model, out: Path) -> Path:
-    """Save a tiny LLM as a hub checkpoint is laid out, with the bundled tokenizer."""
+    """Save a tiny LLM as a hub checkpoint is laid out, with the bundled tokenizer.
+
+    Args:
+        model: the causal LM.
+        out: the folder (created).
+    Returns:
+        `out`.
+    """
     from transformers import GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +123,14 @@ def save_with_tokenizer(model, out: Path) -> Path:
 
 
 def write_tiny_llm(out: Path, spec: FixtureSpec) -> Path:
-    """A random-init LlamaForCausalLM with Vicuna-v1.5's tokenizer, saved as a hub checkpoint would be."""
+    """A random-init LlamaForCausalLM with Vicuna-v1.5's tokenizer, saved as a hub checkpoint would be.
+
+    Args:
+        out: the folder to write.
+        spec: sizes and seed.
+    Returns:
+        `out`.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -139,7 +153,14 @@ def write_tiny_llm(out: Path, spec: FixtureSpec) -> Path:
 
 
 def write_tiny_mistral(out: Path, spec: FixtureSpec) -> Path:
-    """A random-init MistralForCausalLM (the other language backbone LLaVA ships) with the same tokenizer."""
+    """A random-init MistralForCausalLM (the other language backbone LLaVA ships) with the same tokenizer.
+
+    Args:
+        out: the folder to write.
+        spec: sizes and seed.
+    Returns:
+        `out`.
+    """
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -155,7 +176,14 @@ def write_tiny_mistral(out: Path, spec: FixtureSpec) -> Path:
 
 def vision_module_args(clip: str | Path, pretrain_mm_mlp_adapter: str | Path | None = None):
     """The `model_args` LLaVA's `initialize_vision_modules` reads, as LLaVA-1.5's scripts set them
-    (CLIP's second-last layer, patch tokens, the 2-layer GELU projector) for the vision tower `clip`."""
+    (CLIP's second-last layer, patch tokens, the 2-layer GELU projector) for the vision tower `clip`.
+
+    Args:
+        clip: the vision tower (folder or hub id).
+        pretrain_mm_mlp_adapter: a stage-1 `mm_projector.bin` to load, or None.
+    Returns:
+        A SimpleNamespace with LLaVA's ModelArguments fields.
+    """
     from types import SimpleNamespace
 
     return SimpleNamespace(
@@ -186,7 +214,14 @@ def redraw_clip_weights(model, seed: int):
     """Draw `model`'s random weights again, with CLIP's own laws, from one seeded generator in name order.
     transformers 4.57 and 5.x draw CLIP's initial weights in a different order (same laws, other numbers),
     and the fixtures must be the same on both lines: tests/test_reference_run.py compares whole runs across
-    them."""
+    them.
+
+    Args:
+        model: a CLIPModel (changed in place).
+        seed: the generator's seed.
+    Returns:
+        `model`.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -199,7 +234,14 @@ def redraw_clip_weights(model, seed: int):
 
 
 def write_tiny_clip(out: Path, spec: FixtureSpec) -> Path:
-    """A random-init CLIPModel (text and vision, like openai/clip-vit-large-patch14-336) and its processor."""
+    """A random-init CLIPModel (text and vision, like openai/clip-vit-large-patch14-336) and its processor.
+
+    Args:
+        out: the folder to write.
+        spec: sizes and seed.
+    Returns:
+        `out`.
+    """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -246,7 +288,18 @@ class ShapePicture:
 
 def draw_picture(path: Path, colour: str, shape: str, place: str, size: tuple[int, int],
                  background: tuple[int, int, int]) -> tuple[int, int, int, int]:
-    """Draw one shape on a plain background and save it (format from the suffix). Returns its box."""
+    """Draw one shape on a plain background and save it (format from the suffix).
+
+    Args:
+        path: the file (.jpg or .png).
+        colour: a key of COLOURS.
+        shape: "circle", "square" or "triangle".
+        place: a key of PLACES (where the shape's centre goes).
+        size: (width, height) in pixels.
+        background: the RGB background.
+    Returns:
+        The shape's box (x0, y0, x1, y1) in pixels.
+    """
     from PIL import Image, ImageDraw
 
     w, h = size
@@ -268,6 +321,16 @@ def draw_picture(path: Path, colour: str, shape: str, place: str, size: tuple[in
 
 
 def write_pictures(folder: Path, n: int, rng: random.Random, prefix: str) -> list[ShapePicture]:
+    """Draw `n` pictures of one random shape each.
+
+    Args:
+        folder: where to save them.
+        n: how many.
+        rng: the random source (colour, shape, place, size, background).
+        prefix: the file names' prefix (`<prefix>_00000.jpg`; every fifth is a PNG).
+    Returns:
+        What each picture shows, in order.
+    """
     pictures = []
     for i in range(n):
         colour, shape, place = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(PLACES))
@@ -280,6 +343,15 @@ def write_pictures(folder: Path, n: int, rng: random.Random, prefix: str) -> lis
 
 
 def plain_record(idx: str, pic: ShapePicture, rng: random.Random) -> dict:
+    """A stage-1 record: a captioning prompt and the picture's caption.
+
+    Args:
+        idx: the record's id.
+        pic: the picture.
+        rng: picks the prompt.
+    Returns:
+        A LLaVA record (id, image, conversations).
+    """
     return {
         "id": idx,
         "image": pic.file,
@@ -291,6 +363,15 @@ def plain_record(idx: str, pic: ShapePicture, rng: random.Random) -> dict:
 
 
 def conversation_record(idx: str, pic: ShapePicture, rng: random.Random) -> dict:
+    """A stage-2 record: 1 to 3 questions about the picture's colour, shape, place or content.
+
+    Args:
+        idx: the record's id.
+        pic: the picture.
+        rng: picks the questions and where `<image>` goes.
+    Returns:
+        A LLaVA record (id, image, conversations).
+    """
     qa = [
         ("What colour is the shape?", f"It is {pic.colour}."),
         ("What shape is in the picture?", f"A {pic.shape}."),
@@ -308,6 +389,14 @@ def conversation_record(idx: str, pic: ShapePicture, rng: random.Random) -> dict
 
 
 def text_only_record(idx: str, rng: random.Random) -> dict:
+    """A stage-2 record without an image: a small sum.
+
+    Args:
+        idx: the record's id.
+        rng: picks the numbers.
+    Returns:
+        A LLaVA record (id, conversations).
+    """
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     return {
         "id": idx,
@@ -319,7 +408,14 @@ def text_only_record(idx: str, rng: random.Random) -> dict:
 
 
 def write_dataset(data: Path, spec: FixtureSpec) -> tuple[Path, Path, Path]:
-    """Pictures plus the three files LLaVA's training and eval code read."""
+    """Pictures plus the three files LLaVA's training and eval code read (and pretrain_levels.json, pictures.json).
+
+    Args:
+        data: the data folder.
+        spec: counts and seed.
+    Returns:
+        (pretrain.json, finetune.json, questions.jsonl).
+    """
     rng = random.Random(spec.seed)
     images = data / "images"
     pre = write_pictures(images, spec.n_pretrain, rng, "pretrain")
@@ -351,7 +447,13 @@ def write_dataset(data: Path, spec: FixtureSpec) -> tuple[Path, Path, Path]:
 
 def shape_labels(pic: ShapePicture) -> list[dict]:
     """The picture's patch labels: its colour and its shape, both over the shape's region, given as a
-    box (square), a polygon (triangle) or a compressed COCO RLE mask (circle), drawn as `draw_picture` does."""
+    box (square), a polygon (triangle) or a compressed COCO RLE mask (circle), drawn as `draw_picture` does.
+
+    Args:
+        pic: the picture.
+    Returns:
+        Two `patch_labels` entries, {"phrase": ..., "box" or "mask": ...}.
+    """
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -372,7 +474,14 @@ def shape_labels(pic: ShapePicture) -> list[dict]:
 
 def write_patch_labels(data: Path, seed: int = 0) -> tuple[Path, Path]:
     """`pretrain_patches.json` (pretrain.json with `patch_labels`) and `heldout_patches.json` (the other
-    pictures as labelled caption records, for aligngpt-analyze on images the projector never saw)."""
+    pictures as labelled caption records, for aligngpt-analyze on images the projector never saw).
+
+    Args:
+        data: the data folder `write_dataset` wrote.
+        seed: seeds the held-out records' prompts.
+    Returns:
+        The two files.
+    """
     rng = random.Random(seed)
     pictures = {name: ShapePicture(**{**m, "box": tuple(m["box"]), "size": tuple(m["size"])})
                 for name, m in json.loads((data / "pictures.json").read_text()).items()}
@@ -390,6 +499,12 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
     """Write the tiny LLM, the tiny CLIP and the tiny dataset under `root` and return their paths.
 
     Writing again over an existing folder replaces what was there with identical content (same seed).
+
+    Args:
+        root: the fixtures' folder.
+        spec: sizes, counts and seed (default FixtureSpec()).
+    Returns:
+        The FixturePaths.
     """
     spec = spec or FixtureSpec()
     root = Path(root)
@@ -403,7 +518,13 @@ def write_fixtures(root: str | Path, spec: FixtureSpec | None = None) -> Fixture
 
 
 def fixture_paths(root: str | Path) -> FixturePaths:
-    """The paths of fixtures written under `root` (by `write_fixtures` or `aligngpt-fixtures`)."""
+    """The paths of fixtures written under `root` (by `write_fixtures` or `aligngpt-fixtures`).
+
+    Args:
+        root: the fixtures' folder.
+    Returns:
+        The FixturePaths.
+    """
     root, data = Path(root), Path(root) / "data"
     return FixturePaths(root, root / "llm", root / "clip", root / "mistral", data / "images", data / "pretrain.json",
                         data / "pretrain_levels.json", data / "finetune.json", data / "questions.jsonl",
