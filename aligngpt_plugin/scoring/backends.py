@@ -75,6 +75,12 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     changes nothing, so it is cut, with the positional embeddings and the causal mask (the text tower then
     costs a fraction; the same numbers up to float rounding, checked in tests). Models where this does not
     hold (no causal mask, pooling at the last or first position, custom text towers) get `encode_text`.
+
+    Args:
+        model: the open_clip model.
+        tokens: [B, 77] token ids (0 = padding).
+    Returns:
+        [B, D] text features (not normalised).
     """
     import open_clip
     from open_clip.transformer import text_global_pool
@@ -104,6 +110,13 @@ def _features(output) -> torch.Tensor:
 
 
 def is_transformers_clip(model: str) -> bool:
+    """Whether `model` names a transformers CLIP folder (`hf:PATH`, or a folder whose config.json is CLIP's).
+
+    Args:
+        model: the `--model` value.
+    Returns:
+        True for a transformers CLIP, False for an open_clip name or config.
+    """
     path = Path(model[3:] if model.startswith("hf:") else model)
     if model.startswith("hf:"):
         return True
@@ -120,7 +133,15 @@ def load_scorer(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRE
                 device: str | torch.device = "cpu") -> ClipScorer:
     """Load a CLIP model for scoring, in eval mode on `device`, float32 weights (autocast does the rest).
 
-    Raises ValueError naming the model and what is accepted when it cannot be found.
+    Args:
+        model: an open_clip model name, a model config .json, `hf-hub:ORG/REPO`, `local-dir:PATH`, or a
+            transformers CLIPModel folder (`hf:PATH`).
+        pretrained: open_clip's pretrained tag or a checkpoint file (ignored for transformers folders).
+        device: where to put the model.
+    Returns:
+        The ClipScorer.
+    Raises:
+        ValueError: naming the model and what is accepted, when it cannot be found.
     """
     if is_transformers_clip(model):
         return _load_transformers(Path(model[3:] if model.startswith("hf:") else model), device)
@@ -169,7 +190,13 @@ class _ToUint8:
 
 def split_to_tensor(preprocess):
     """open_clip's eval transform ends in ToTensor, Normalize: keep the PIL steps in the workers and
-    scale and normalise on the device. Any other transform is kept whole (normalize None)."""
+    scale and normalise on the device. Any other transform is kept whole (normalize None).
+
+    Args:
+        preprocess: open_clip's eval transform.
+    Returns:
+        (PIL image -> uint8 [3, H, W] transform, (mean, std) per channel) or (preprocess, None).
+    """
     from torchvision import transforms as T
 
     steps = getattr(preprocess, "transforms", None)
@@ -211,7 +238,13 @@ def pil_clip_image_processor():
 
 
 def transformers_preprocess(folder: str | Path) -> _HFImageProcessing:
-    """PIL image -> float pixels [3, H, W] with the folder's preprocessor_config.json, by the PIL processor."""
+    """PIL image -> float pixels [3, H, W] with the folder's preprocessor_config.json, by the PIL processor.
+
+    Args:
+        folder: the transformers CLIP folder.
+    Returns:
+        A picklable callable.
+    """
     return _HFImageProcessing(pil_clip_image_processor().from_pretrained(folder))
 
 

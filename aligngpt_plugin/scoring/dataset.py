@@ -15,7 +15,13 @@ from aligngpt_plugin.scoring.decoding import prepare_encoded
 
 
 def load_image(path: Path):
-    """The image as RGB, fully decoded (a truncated file fails here, not later)."""
+    """The image as RGB, fully decoded (a truncated file fails here, not later).
+
+    Args:
+        path: the image file.
+    Returns:
+        A PIL RGB image.
+    """
     from PIL import Image
 
     with Image.open(path) as image:
@@ -24,7 +30,14 @@ def load_image(path: Path):
 
 def path_outside(folder: Path, image: str) -> str | None:
     """The error for an image path that resolves outside the image folder (absolute, `..`, a symlink out),
-    whatever the file is; None for one inside."""
+    whatever the file is; None for one inside.
+
+    Args:
+        folder: the image folder.
+        image: the record's image path, relative to it.
+    Returns:
+        The error message, or None.
+    """
     root = folder.resolve()
     resolved = (folder / image).resolve()
     if not resolved.is_relative_to(root):
@@ -33,6 +46,14 @@ def path_outside(folder: Path, image: str) -> str | None:
 
 
 def image_problem(path: Path, error: BaseException) -> str:
+    """The error line of an image that could not be read.
+
+    Args:
+        path: the image file.
+        error: what reading it raised.
+    Returns:
+        "image file not found: ..." or "cannot decode image: ...".
+    """
     if isinstance(error, FileNotFoundError):
         return f"image file not found: {path}"
     return f"cannot decode image: {path}: {type(error).__name__}: {error}"
@@ -75,6 +96,7 @@ class PreparedBatches(torch.utils.data.Dataset):
         return batch
 
     def close(self) -> None:
+        """Shut the decode threads down (a worker's own pool; made again on the next batch)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -102,12 +124,30 @@ class PreparedBatches(torch.utils.data.Dataset):
 
 
 def collate_identity(batch):
+    """The DataLoader's collate for batches a worker already made (one task per item): the list unchanged.
+
+    Args:
+        batch: the items.
+    Returns:
+        `batch`.
+    """
     return batch
 
 
 def collate_prepared(ids: list, captions: list[str], prepared: list, tokenize) -> dict[str, Any]:
     """A batch from prepared images: ("pixels", tensor) decoded by the worker, ("encoded", bytes tensor) for
-    the device, or an error string (left out here; the caller lists it). Rows keep the items' order."""
+    the device, or an error string (left out here; the caller lists it). Rows keep the items' order.
+
+    Args:
+        ids: one id per item (index and id, or position and key).
+        captions: one caption per item.
+        prepared: one prepared image per item.
+        tokenize: the scorer's tokenizer (list of str -> tokens).
+    Returns:
+        {"ids": the good items' ids, "pixels": [P, 3, H, W] or None, "tokens": the good items' tokens or None,
+        "encoded": JPEG byte tensors for the device or None, "encoded_rows" / "pixel_rows": which rows of the
+        batch each kind fills (None when all are pixels)}.
+    """
     good = [(i, c, p) for i, c, p in zip(ids, captions, prepared) if not isinstance(p, str)]
     batch: dict[str, Any] = {"ids": [i for i, _, _ in good], "pixels": None, "tokens": None, "encoded": None,
                              "encoded_rows": None, "pixel_rows": None}

@@ -34,6 +34,13 @@ DECODE_MODES = ("auto", "cpu", "device")
 
 
 def is_jpeg(data: bytes) -> bool:
+    """Whether the bytes start like a JPEG file.
+
+    Args:
+        data: the file's bytes.
+    Returns:
+        True for a JPEG.
+    """
     return data[:3] == JPEG_MAGIC
 
 
@@ -59,7 +66,13 @@ class ResizeCrop:
 
 def resize_crop_of(preprocess) -> ResizeCrop | None:
     """The ResizeCrop equal to `preprocess` (a worker-side transform ending in uint8 pixels), or None when it
-    does anything else (another interpolation, a max_size, letterboxing): then only the CPU path is exact."""
+    does anything else (another interpolation, a max_size, letterboxing): then only the CPU path is exact.
+
+    Args:
+        preprocess: the worker-side transform (see `backends.split_to_tensor`).
+    Returns:
+        The ResizeCrop, or None.
+    """
     from torchvision import transforms as T
 
     steps = list(getattr(preprocess, "transforms", []))
@@ -81,7 +94,13 @@ class JpegDecoder:
         self.device, self.resize_crop = device, resize_crop
 
     def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
-        """One uint8 [3, h, w] tensor (on the device) per input, or the exception that input raised."""
+        """Decode a batch of JPEGs on the device and resize and crop each.
+
+        Args:
+            encoded: one uint8 byte tensor per JPEG, on the CPU.
+        Returns:
+            One uint8 [3, h, w] tensor (on the device) per input, or the exception that input raised.
+        """
         with warnings.catch_warnings():  # torchvision 0.29 points at TorchCodec on every call; decode_jpeg stays
             warnings.simplefilter("ignore", DeprecationWarning)
             return self._decode(encoded)
@@ -104,14 +123,30 @@ class JpegDecoder:
 
 
 def prefer_device(device_s_per_image: float, cpu_s_per_image: float, cpu_decoders: int) -> bool:
-    """Whether the device decodes faster than the CPU decoders together (each at cpu_s_per_image)."""
+    """Whether the device decodes faster than the CPU decoders together (each at cpu_s_per_image).
+
+    Args:
+        device_s_per_image: the device path's seconds per image.
+        cpu_s_per_image: one CPU decoder's seconds per image.
+        cpu_decoders: how many images the CPU decodes at once.
+    Returns:
+        True when the device is faster.
+    """
     return device_s_per_image * max(1, cpu_decoders) < cpu_s_per_image
 
 
 def cpu_decoders(workers: int, decode_threads: int, cores: int | None = None) -> int:
     """How many images the CPU decodes at once in a run: DataLoader workers x decode threads (each worker
     decodes a batch in its threads; PIL releases the GIL), at most the cores this process may use
-    (`cores`, by default its CPU affinity). No workers: the main process's threads."""
+    (`cores`, by default its CPU affinity). No workers: the main process's threads.
+
+    Args:
+        workers: DataLoader workers.
+        decode_threads: threads per worker.
+        cores: the cores to count as available (None: this process's affinity).
+    Returns:
+        At least 1.
+    """
     import os
 
     if cores is None:
@@ -120,9 +155,20 @@ def cpu_decoders(workers: int, decode_threads: int, cores: int | None = None) ->
 
 
 def choose_decode(requested: str, device: torch.device, preprocess, cpu_decoders: int) -> tuple[str, str]:
-    """("cpu" or "device", why). `device` asks for GPU decoding and fails with the reason when it cannot be
+    """Where images are decoded. `device` asks for GPU decoding and fails with the reason when it cannot be
     had; `auto` takes it on CUDA when a probe on a photo-sized JPEG finds it faster than the CPU decoders
-    together (`cpu_decoders`: see the function of that name)."""
+    together (`cpu_decoders`: see the function of that name).
+
+    Args:
+        requested: "auto", "cpu" or "device" (`--decode`).
+        device: the model's device.
+        preprocess: the worker-side transform (the GPU path must reproduce it).
+        cpu_decoders: how many images the CPU decodes at once.
+    Returns:
+        ("cpu" or "device", why, for the log).
+    Raises:
+        ValueError: an unknown mode, or "device" where GPU decoding cannot be had.
+    """
     if requested not in DECODE_MODES:
         raise ValueError(f"decode={requested!r}; choose one of {DECODE_MODES}")
     if requested == "cpu":
@@ -148,7 +194,14 @@ def choose_decode(requested: str, device: torch.device, preprocess, cpu_decoders
 
 
 def probe_jpeg(width: int = 500, height: int = 375) -> bytes:
-    """A photo-like JPEG (smooth noise) of a typical web image's size."""
+    """A photo-like JPEG (smooth noise) of a typical web image's size.
+
+    Args:
+        width: its width in pixels.
+        height: its height in pixels.
+    Returns:
+        The JPEG's bytes.
+    """
     import io
 
     import numpy as np
@@ -161,7 +214,15 @@ def probe_jpeg(width: int = 500, height: int = 375) -> bytes:
 
 
 def probe_decode_speed(decoder: JpegDecoder, preprocess, n: int = 64) -> tuple[float, float]:
-    """Seconds per image of the device path (batches of n) and of PIL decode + preprocess in one thread."""
+    """Seconds per image of the device path (batches of n) and of PIL decode + preprocess in one thread.
+
+    Args:
+        decoder: the device decoder (CUDA).
+        preprocess: the worker-side transform.
+        n: the device batch's size.
+    Returns:
+        (device seconds per image, CPU seconds per image).
+    """
     import io
 
     from PIL import Image
@@ -198,7 +259,12 @@ class CudaStreams:
         return event
 
     def wait(self, event, value: Any) -> None:
-        """The model's stream waits for `event` before its next work; `value`'s tensors are now its too."""
+        """The model's stream waits for `event` before its next work; `value`'s tensors are now its too.
+
+        Args:
+            event: an event from `record`.
+            value: a batch (tensors in dicts and lists) made on the side stream.
+        """
         current = torch.cuda.current_stream(self.device)
         current.wait_event(event)
         _record_stream(value, current)
@@ -237,8 +303,17 @@ class DeviceFeed:
 
 def on_device(batch: dict, decoder: JpegDecoder | None, preprocess, device: torch.device) -> dict:
     """The batch with its tensors moved to `device` and its pixels assembled there (JPEGs decoded by
-    `decoder`): "pixels" [rows, 3, H, W] uint8 (or the worker's float pixels), "failed" the (row, reason) of
-    images that could not be decoded."""
+    `decoder`).
+
+    Args:
+        batch: a batch from `collate_prepared` (with its task's fields).
+        decoder: the device decoder, or None when every image came decoded.
+        preprocess: the worker-side transform (PIL's fallback for JPEGs nvjpeg refuses).
+        device: the model's device.
+    Returns:
+        The batch with "pixels" [rows, 3, H, W] uint8 (or the worker's float pixels) and "failed" the
+        (row, reason) of images that could not be decoded.
+    """
     moved = to_device(batch, device)
     pixels, failed = assemble_pixels(moved, decoder, preprocess, device) if moved["ids"] else (None, [])
     return {**moved, "pixels": pixels, "failed": failed}
@@ -246,7 +321,14 @@ def on_device(batch: dict, decoder: JpegDecoder | None, preprocess, device: torc
 
 def to_device(value: Any, device: torch.device) -> Any:
     """Tensors in a batch (dicts, lists) moved to `device`, non-blocking; encoded JPEGs stay on the CPU
-    (decode_jpeg reads them there)."""
+    (decode_jpeg reads them there).
+
+    Args:
+        value: a tensor, or dicts and lists holding them.
+        device: the target device.
+    Returns:
+        The same structure with its tensors moved.
+    """
     if isinstance(value, torch.Tensor):
         return value.to(device, non_blocking=True)
     if isinstance(value, dict):
@@ -270,7 +352,15 @@ def _record_stream(value: Any, stream) -> None:
 
 def prepare_encoded(data: bytes, preprocess, send_jpeg: bool) -> tuple[str, torch.Tensor]:
     """A worker's part for one image: ("encoded", its bytes as uint8) for a JPEG the device decodes, else
-    ("pixels", preprocess(image)) decoded here with PIL. Raises what PIL raises for a bad file."""
+    ("pixels", preprocess(image)) decoded here with PIL. Raises what PIL raises for a bad file.
+
+    Args:
+        data: the image file's bytes.
+        preprocess: the worker-side transform.
+        send_jpeg: pass JPEGs to the device undecoded.
+    Returns:
+        ("encoded", uint8 [bytes]) or ("pixels", [3, H, W]).
+    """
     import io
 
     from PIL import Image
@@ -285,7 +375,16 @@ def prepare_encoded(data: bytes, preprocess, send_jpeg: bool) -> tuple[str, torc
 def assemble_pixels(batch: dict, decoder: JpegDecoder | None, preprocess,
                     device: torch.device) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
     """The batch's pixels on the device, decoded ones and worker-made ones in row order, and the rows whose
-    JPEG neither nvjpeg nor PIL could decode, with the reason."""
+    JPEG neither nvjpeg nor PIL could decode, with the reason.
+
+    Args:
+        batch: the batch, its tensors on the device.
+        decoder: the device decoder.
+        preprocess: the worker-side transform (PIL's fallback).
+        device: the model's device.
+    Returns:
+        (pixels [rows, 3, H, W] uint8, or None when no image could be decoded; [(row, reason)] of the failed).
+    """
     if batch["encoded"] is None:
         return batch["pixels"], []
     decoded = decoder.decode(batch["encoded"])

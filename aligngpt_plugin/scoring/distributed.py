@@ -11,6 +11,14 @@ from aligngpt_plugin.scoring.config import ScoreConfig
 
 
 def resolve_device(config: ScoreConfig, local_rank: int) -> torch.device:
+    """The device a rank scores on.
+
+    Args:
+        config: the run's settings (`device`: "auto" or a torch device string).
+        local_rank: the rank's index on its node (its GPU under "auto").
+    Returns:
+        The device: `config.device` as given, else cuda:`local_rank` when CUDA is there, else the CPU.
+    """
     if config.device != "auto":
         return torch.device(config.device)
     if torch.cuda.is_available():
@@ -18,6 +26,14 @@ def resolve_device(config: ScoreConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the model runs in under autocast.
+
+    Args:
+        precision: "auto", "fp32", "bf16" or "fp16" (`--precision`).
+        device: the model's device.
+    Returns:
+        bf16 or fp16, or None for fp32 ("auto": bf16 on CUDA where supported, else fp16; fp32 off CUDA).
+    """
     if precision == "auto":
         if device.type != "cuda":
             return None
@@ -48,6 +64,11 @@ def from_environment() -> tuple[int, int, int, bool]:
 
 
 def barrier(device: torch.device) -> None:
+    """Wait for every rank of the process group.
+
+    Args:
+        device: this rank's device (NCCL's barrier is told the GPU).
+    """
     import torch.distributed as dist
 
     if device.type == "cuda":

@@ -68,7 +68,18 @@ from aligngpt_plugin.scoring.work import prepare_shard_work_dir, prepare_work_di
 def score_units(config: ScoreConfig, source: Source, scorer: ClipScorer, device: torch.device,
                 rank: int = 0, world_size: int = 1) -> tuple[int, int, int]:
     """Score this rank's unfinished units of `source` (chunks or shards) and write each one's outputs when its
-    last batch arrives. Returns the units and images scored now and the DataLoader workers used."""
+    last batch arrives.
+
+    Args:
+        config: the run's settings.
+        source: the input's units (chunks of a JSON file, or webdataset shards).
+        scorer: the CLIP scorer.
+        device: the model's device.
+        rank: this rank (units are dealt round robin).
+        world_size: how many ranks share the units.
+    Returns:
+        (units scored now, images scored now, DataLoader workers used).
+    """
     todo = source.todo(rank, world_size)
     if not todo:
         return 0, 0, 0
@@ -187,9 +198,14 @@ def _progress(total: int, enabled: bool, desc: str):
 def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> ScoreSummary | None:
     """Score, then (rank 0) merge. Works the same on one CPU, one GPU, or under torchrun on many.
 
-    Returns the summary on the rank that merged, None on the others (and when merge=False).
-    Raises InputError (unreadable data file), ScoreError (--strict, inconsistent outputs) and
-    LevelSplitError (levels cannot be split as asked).
+    Args:
+        config: the run's settings.
+        scorer: a loaded scorer (None: load `config.model` on this rank's device).
+    Returns:
+        The summary on the rank that merged, None on the others (and when merge=False).
+    Raises:
+        InputError: unreadable data file. ScoreError: --strict, inconsistent outputs. LevelSplitError: levels
+        cannot be split as asked.
     """
     started = time.perf_counter()
     if config.rank is not None:
@@ -237,7 +253,13 @@ def score_dataset(config: ScoreConfig, scorer: ClipScorer | None = None) -> Scor
             dist.destroy_process_group()
 
 def merge_only(config: ScoreConfig) -> ScoreSummary:
-    """Write the outputs from shards that separate jobs (--rank/--world-size) have finished."""
+    """Write the outputs from shards that separate jobs (--rank/--world-size) have finished.
+
+    Args:
+        config: the run's settings (as the jobs had them).
+    Returns:
+        The summary (also written to summary.json).
+    """
     if config.shard_input:
         plan = plan_shards(config.data_path)
         prepare_shard_work_dir(config, plan, is_writer=False)
@@ -260,6 +282,12 @@ def _strict_precheck(config: ScoreConfig, plan: InputPlan) -> None:
                              "without --strict to list such records in errors.jsonl and score the rest")
 
 def print_summary(summary: ScoreSummary, file=None) -> None:
+    """Print what a run scored, left out and wrote.
+
+    Args:
+        summary: the run's summary.
+        file: where to print (default stdout).
+    """
     file = file or sys.stdout
     errors = sum(summary.errors.values())
     print(f"scored {summary.scored} of {summary.records} records; {errors} left out"

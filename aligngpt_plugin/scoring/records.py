@@ -27,7 +27,15 @@ class InputError(ValueError):
 
 
 def detect_format(path: str | Path) -> str:
-    """'json' for a JSON array, 'jsonl' for JSON Lines (by the first non-blank byte)."""
+    """'json' for a JSON array, 'jsonl' for JSON Lines (by the first non-blank byte).
+
+    Args:
+        path: the data file.
+    Returns:
+        "json" or "jsonl".
+    Raises:
+        InputError: an empty file.
+    """
     with open(path, "rb") as f:
         while block := f.read(4096):
             stripped = block.lstrip()
@@ -41,7 +49,14 @@ def detect_format(path: str | Path) -> str:
 def iter_records(path: str | Path, offset: int | None = None, hasher=None) -> Iterator[tuple[int, object]]:
     """Yield (byte offset, record) for each record, from `offset` (a record start) or the beginning.
 
-    `hasher` (e.g. hashlib.sha256()) is fed every byte of the file; only meaningful from the beginning.
+    Args:
+        path: the data file (JSON array or JSON Lines).
+        offset: a record's byte offset to start at (None: the beginning).
+        hasher: e.g. hashlib.sha256(), fed every byte of the file; only meaningful from the beginning.
+    Returns:
+        An iterator of (byte offset, record).
+    Raises:
+        InputError: naming the place, where the file is not valid JSON.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -145,7 +160,15 @@ def _iter_json_array(path: Path, offset: int | None, hasher) -> Iterator[tuple[i
 
 
 def caption_of(record: dict, mode: str = "gpt-first", field_name: str | None = None) -> str:
-    """The text to score against the image: a top-level field, or the record's `gpt` turn(s)."""
+    """The text to score against the image: a top-level field, or the record's `gpt` turn(s).
+
+    Args:
+        record: a LLaVA record.
+        mode: "gpt-first", "gpt-last" or "gpt-all" (joined): which gpt turns (`<image>` removed).
+        field_name: a top-level field to read instead of the turns.
+    Returns:
+        The caption, stripped ("" when there is none).
+    """
     if field_name:
         text = record.get(field_name)
         return text.strip() if isinstance(text, str) else ""
@@ -158,7 +181,15 @@ def caption_of(record: dict, mode: str = "gpt-first", field_name: str | None = N
 
 
 def record_problem(record: object, mode: str = "gpt-first", field_name: str | None = None) -> str | None:
-    """Why the record cannot be scored (before touching its image) as "kind: detail", or None."""
+    """Why the record cannot be scored (before touching its image) as "kind: detail", or None.
+
+    Args:
+        record: one record as read from the file.
+        mode: the caption mode (see `caption_of`).
+        field_name: the caption field, if any.
+    Returns:
+        The problem, or None for a scorable record.
+    """
     if not isinstance(record, dict):
         return f"not an object: the record is a JSON {type(record).__name__}"
     if record.get("id") is None:
@@ -200,7 +231,16 @@ class InputPlan:
 
 
 def plan_input(path: str | Path, chunk_size: int) -> InputPlan:
-    """Hash, count and chunk the data file, and find duplicate ids (later occurrences)."""
+    """Hash, count and chunk the data file, and find duplicate ids (later occurrences).
+
+    Args:
+        path: the data file.
+        chunk_size: records per chunk.
+    Returns:
+        The InputPlan.
+    Raises:
+        InputError: the file is missing or not valid JSON.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"data file {path} not found")

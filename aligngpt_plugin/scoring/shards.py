@@ -38,7 +38,13 @@ class ShardError(ValueError):
 
 
 def is_shard_input(data: str) -> bool:
-    """Whether --data names webdataset shards rather than a LLaVA JSON/JSONL file."""
+    """Whether --data names webdataset shards rather than a LLaVA JSON/JSONL file.
+
+    Args:
+        data: the `--data` value.
+    Returns:
+        True for a .tar, a brace pattern, a `pipe:` or `::`-joined list, a folder or a shard-list file.
+    """
     if "::" in data or ("{" in data and ".." in data and "}" in data):
         return True
     if data.endswith(".tar") or data.startswith("pipe:"):
@@ -52,7 +58,15 @@ def _is_url(name: str) -> bool:
 
 
 def expand_shards(data: str) -> list[str]:
-    """The shard paths/URLs that --data names, in order. Raises ShardError naming what is wrong."""
+    """The shard paths/URLs that --data names, in order.
+
+    Args:
+        data: a folder of .tar files, a list file (one path or URL a line), or a webdataset pattern.
+    Returns:
+        The shards.
+    Raises:
+        ShardError: naming what is wrong (no shards, missing files).
+    """
     from webdataset.shardlists import expand_urls
 
     path = Path(data)
@@ -79,7 +93,13 @@ def expand_shards(data: str) -> list[str]:
 
 def shard_name(url: str) -> str:
     """The name a shard's outputs are filed under: its file name without .tar (`00000`); for a `pipe:`
-    command, that of its first word ending in .tar."""
+    command, that of its first word ending in .tar.
+
+    Args:
+        url: the shard's path, URL or `pipe:` command.
+    Returns:
+        The name.
+    """
     words = url[5:].split() if url.startswith("pipe:") else [url]
     target = next((w for w in words if w.endswith(".tar")), words[-1] if words else url)
     base = target.rstrip("/").rsplit("/", 1)[-1]
@@ -105,6 +125,15 @@ class ShardPlan:
 
 
 def plan_shards(data: str) -> ShardPlan:
+    """The run's shards with their output names and (local files) sizes.
+
+    Args:
+        data: the `--data` value.
+    Returns:
+        The ShardPlan.
+    Raises:
+        ShardError: no shards, a missing file, or two shards with one name.
+    """
     urls = expand_shards(data)
     names = [shard_name(u) for u in urls]
     seen: dict[str, str] = {}
@@ -167,7 +196,14 @@ def _open_shard(url: str):
 
 
 def read_shard(url: str, caption_field: str | None = None) -> Iterator[Sample | dict]:
-    """Yield the shard's samples in order, then one dict {"sha256", "bytes"} of the whole shard."""
+    """Yield the shard's samples in order, then one dict {"sha256", "bytes"} of the whole shard.
+
+    Args:
+        url: the shard's path or URL.
+        caption_field: a field of the sample's .json holding the caption (None: its .txt member).
+    Returns:
+        An iterator of Samples (each with its image bytes and caption, or its `problem`), then the dict.
+    """
     from webdataset.tariterators import base_plus_ext
 
     name = shard_name(url)

@@ -76,70 +76,165 @@ class Source:
 
     @property
     def num_units(self) -> int:
+        """How many units (chunks or shards) the input has."""
         raise NotImplementedError
 
     def is_done(self, unit: int) -> bool:
+        """Whether a unit's outputs are finished (a restart skips it).
+
+        Args:
+            unit: the unit's number.
+        Returns:
+            True when its last output is written.
+        """
         raise NotImplementedError
 
     def todo(self, rank: int, world_size: int) -> list[int]:
-        """This rank's units (r, r+W, ...) that have no finished outputs yet."""
+        """This rank's units (r, r+W, ...) that have no finished outputs yet.
+
+        Args:
+            rank: this rank, r.
+            world_size: how many ranks share the units, W.
+        Returns:
+            The unit numbers, ascending.
+        """
         return [u for u in range(rank, self.num_units, world_size) if not self.is_done(u)]
 
     def missing(self) -> list[int]:
+        """The units without finished outputs, of every rank.
+
+        Returns:
+            The unit numbers, ascending.
+        """
         return [u for u in range(self.num_units) if not self.is_done(u)]
 
     def unit_label(self, unit: int) -> str:
+        """How messages name a unit.
+
+        Args:
+            unit: the unit's number.
+        Returns:
+            Its label (a chunk's number, a shard's name).
+        """
         return str(unit)
 
     def records_in(self, units: list[int]) -> int | None:
-        """How many records the units hold, when known before reading them (for the progress bar)."""
+        """How many records the units hold, when known before reading them (for the progress bar).
+
+        Args:
+            units: the unit numbers.
+        Returns:
+            The count, or None when it is known only after reading.
+        """
         return None
 
     def batches_in(self, units: list[int]) -> int | None:
+        """How many batches the units give, when known before reading them (workers share batches).
+
+        Args:
+            units: the unit numbers.
+        Returns:
+            The count, or None when it is known only after reading.
+        """
         return None
 
     def tasks(self, units: list[int]) -> Iterator[Task]:
-        """Read the units once, in order, as batch tasks (runs in the main process's reader thread)."""
+        """Read the units once, in order, as batch tasks (runs in the main process's reader thread).
+
+        Args:
+            units: the unit numbers to read.
+        Returns:
+            An iterator of Tasks; each unit's last task has `last` set, its batch count and its facts.
+        """
         raise NotImplementedError
 
     def problem(self, unit: int, error: dict, strict_hint: bool) -> str:
-        """The message of --strict for an error line of this source (with the hint for a reading error)."""
+        """The message of --strict for an error line of this source (with the hint for a reading error).
+
+        Args:
+            unit: the unit the error belongs to.
+            error: the error line.
+            strict_hint: add the hint on running without --strict.
+        Returns:
+            The message, naming the record or sample.
+        """
         raise NotImplementedError
 
     def error_line(self, batch: dict, ident: tuple, reason: str) -> dict:
+        """The error line of an item whose image failed on the device.
+
+        Args:
+            batch: the batch the item came in.
+            ident: its id as the batch lists it ((index, id) or (position, key)).
+            reason: why it failed.
+        Returns:
+            The error line, as the unit's other error lines are written.
+        """
         raise NotImplementedError
 
     def finish(self, unit: int, rows: list[tuple], errors: list[dict], facts: dict) -> None:
-        """Write a finished unit's outputs (the last write marks it done)."""
+        """Write a finished unit's outputs (the last write marks it done).
+
+        Args:
+            unit: the unit's number.
+            rows: ((index, id) or (position, key), score[, image embedding, text embedding]) per scored item.
+            errors: the unit's error lines.
+            facts: what the unit's last task carried (a shard's sha256 and bytes).
+        """
         raise NotImplementedError
 
     # the merge (merge.py), once every unit is done
 
     def merge_paths(self) -> dict[str, Path]:
-        """Where the merge writes: at least levels, histogram and summary."""
+        """Where the merge writes: at least levels, histogram and summary.
+
+        Returns:
+            {output name: path}.
+        """
         raise NotImplementedError
 
     def collect(self, paths: dict[str, Path]) -> tuple[np.ndarray, dict[str, int]]:
-        """The scores of every unit in input order (float64 [n]) and the count of each error kind."""
+        """The scores of every unit in input order and the count of each error kind.
+
+        Args:
+            paths: the merge's paths (`merge_paths`).
+        Returns:
+            (scores float64 [n], {error kind: count}).
+        """
         raise NotImplementedError
 
     def write_datasets(self, paths: dict[str, Path], levels: np.ndarray, scores: np.ndarray,
                        threshold: float | None) -> int | None:
-        """The data with its levels and, with a threshold, the filtered data (levels, scores: [n] as from
-        `collect`). Returns the filtered count (None without a threshold)."""
+        """The data with its levels and, with a threshold, the filtered data.
+
+        Args:
+            paths: the merge's paths.
+            levels: [n] int levels, in `collect`'s order.
+            scores: [n] float64 scores, in `collect`'s order.
+            threshold: keep records scoring at least this (None: no filtered output).
+        Returns:
+            The filtered count (None without a threshold).
+        """
         raise NotImplementedError
 
     def identity(self) -> str:
-        """The sha256 levels.json records for the input."""
+        """The sha256 levels.json records for the input.
+
+        Returns:
+            The hex digest.
+        """
         raise NotImplementedError
 
     def records(self) -> int:
+        """How many records (or samples) the input has, counted by the plan or the merge."""
         raise NotImplementedError
 
     def caption_label(self) -> str:
+        """Which text was scored, for levels.json (a caption mode, or `field:NAME`)."""
         raise NotImplementedError
 
     def title(self) -> str:
+        """The input's name in the summary and the histogram's title."""
         raise NotImplementedError
 
 
@@ -218,7 +313,14 @@ class ChunkSource(Source):
         return paths
 
     def collect(self, paths: dict[str, Path]) -> tuple[np.ndarray, dict[str, int]]:
-        """Also writes scores.jsonl and errors.jsonl on the way, and keeps the record indices for the datasets."""
+        """As `Source.collect`; also writes scores.jsonl and errors.jsonl on the way, and keeps the record indices
+        for the datasets.
+
+        Args:
+            paths: the merge's paths.
+        Returns:
+            (scores float64 [n], {error kind: count}).
+        """
         indices, scores, errored = array("q"), array("d"), array("q")
         reasons: dict[str, int] = {}
         with atomic_open(paths["scores"]) as score_file, atomic_open(paths["errors"]) as error_file:
@@ -242,7 +344,16 @@ class ChunkSource(Source):
     def write_datasets(self, paths: dict[str, Path], levels: np.ndarray, scores: np.ndarray,
                        threshold: float | None) -> int | None:
         """In one pass over the input: the input with `align_level` on every scored record (levels of an
-        earlier split are replaced), and with a threshold the scored records at or above it."""
+        earlier split are replaced), and with a threshold the scored records at or above it.
+
+        Args:
+            paths: the merge's paths.
+            levels: [n] int levels, in `collect`'s order.
+            scores: [n] float64 scores, in `collect`'s order.
+            threshold: keep records scoring at least this (None: no filtered output).
+        Returns:
+            The filtered count (None without a threshold).
+        """
         order = np.argsort(self._indices, kind="stable")
         scored = iter(zip(self._indices[order].tolist(), levels[order].tolist(), scores[order].tolist()))
         next_scored = next(scored, (None, None, None))
@@ -365,7 +476,16 @@ class ShardSource(Source):
 
     def write_datasets(self, paths: dict[str, Path], levels: np.ndarray, scores: np.ndarray,
                        threshold: float | None) -> int | None:
-        """With a threshold, filtered.parquet (shard, key, score, align_level); the shards stay as they are."""
+        """With a threshold, filtered.parquet (shard, key, score, align_level); the shards stay as they are.
+
+        Args:
+            paths: the merge's paths.
+            levels: [n] int levels, in `collect`'s order.
+            scores: [n] float64 scores, in `collect`'s order.
+            threshold: keep samples scoring at least this (None: nothing is written).
+        Returns:
+            The filtered count (None without a threshold).
+        """
         if threshold is None:
             return None
         import pyarrow as pa
@@ -397,6 +517,14 @@ class ShardSource(Source):
 
 
 def source_of(config: ScoreConfig, plan: InputPlan | ShardPlan) -> Source:
+    """The Source of a run's input.
+
+    Args:
+        config: the run's settings.
+        plan: an InputPlan (JSON input) or a ShardPlan.
+    Returns:
+        A ChunkSource or a ShardSource.
+    """
     return ShardSource(config, plan) if isinstance(plan, ShardPlan) else ChunkSource(config, plan)
 
 
@@ -447,6 +575,7 @@ class ReadAhead:
             self.close()
 
     def close(self) -> None:
+        """Stop the reader thread (it gives up at its next blocked put)."""
         self._stop.set()
 
 

@@ -20,10 +20,27 @@ MANIFEST_KEYS = ("input_sha256", "records", "chunk_size", "model", "pretrained",
 
 
 def shard_path(output_dir: str | Path, chunk: int) -> Path:
+    """Where the scores of one chunk of a JSON input go.
+
+    Args:
+        output_dir: the run's output folder.
+        chunk: the chunk's number.
+    Returns:
+        work/chunk_NNNNNN.jsonl under it.
+    """
     return Path(output_dir) / WORK / f"chunk_{chunk:06d}.jsonl"
 
 
 def manifest_of(config: ScoreConfig, plan: InputPlan) -> dict:
+    """The manifest of a JSON-input run: what a restart must agree on (input hash, counts, model, caption
+    settings, image folder), plus the input path and all settings for the record.
+
+    Args:
+        config: the run's settings.
+        plan: the input's plan.
+    Returns:
+        The manifest dict (work/run.json).
+    """
     return {"input_sha256": plan.sha256, "records": plan.records, "chunk_size": plan.chunk_size,
             "model": config.model, "pretrained": config.pretrained, "caption": config.caption,
             "caption_field": config.caption_field, "image_folder": str(Path(config.image_folder).resolve()),
@@ -54,11 +71,25 @@ def _claim_work_dir(config: ScoreConfig, wanted: dict, keys: tuple[str, ...], is
 
 
 def prepare_work_dir(config: ScoreConfig, plan: InputPlan, is_writer: bool) -> None:
-    """work/ for JSON input: create it with its manifest, or refuse one made from another input or settings."""
+    """work/ for JSON input: create it with its manifest, or refuse one made from another input or settings.
+
+    Args:
+        config: the run's settings (`--overwrite` discards an earlier run's work/ first).
+        plan: the input's plan.
+        is_writer: whether this rank creates work/ (others only check it).
+    Raises:
+        ScoreError: work/ belongs to another run.
+    """
     _claim_work_dir(config, manifest_of(config, plan), MANIFEST_KEYS, is_writer)
 
 
 def write_shard(path: Path, lines: list[dict]) -> None:
+    """Write one chunk's score lines, in record order, atomically.
+
+    Args:
+        path: the chunk's file (see `shard_path`).
+        lines: one dict per record, with its "index".
+    """
     lines = sorted(lines, key=lambda x: x["index"])
     write_jsonl_atomic(path, lines)
 
@@ -69,14 +100,29 @@ SHARD_MANIFEST_KEYS = ("shards", "model", "pretrained", "caption_field", "embedd
 
 
 def shard_outputs(output_dir: str | Path, name: str) -> dict[str, Path]:
-    """Where one input shard's outputs go; `done` is written last and marks the shard finished."""
+    """Where one input shard's outputs go; `done` is written last and marks the shard finished.
+
+    Args:
+        output_dir: the run's output folder.
+        name: the shard's name (see `shards.shard_name`).
+    Returns:
+        {"scores": scores/NAME.parquet, "errors": errors/NAME.jsonl, "done": work/shard_NAME.json}.
+    """
     out = Path(output_dir)
     return {"scores": out / "scores" / f"{name}.parquet", "errors": out / "errors" / f"{name}.jsonl",
             "done": out / WORK / f"shard_{name}.json"}
 
 
 def prepare_shard_work_dir(config: ScoreConfig, plan, is_writer: bool) -> None:
-    """work/ for shard input: create it with its manifest, or refuse one made from other shards or settings."""
+    """work/ for shard input: create it with its manifest, or refuse one made from other shards or settings.
+
+    Args:
+        config: the run's settings (`--overwrite` discards an earlier run's work/, scores/ and errors/ first).
+        plan: the ShardPlan.
+        is_writer: whether this rank creates work/ (others only check it).
+    Raises:
+        ScoreError: work/ belongs to another run.
+    """
     wanted = {"shards": plan.identity(), "model": config.model, "pretrained": config.pretrained,
               "caption_field": config.caption_field, "embeddings": config.embeddings, "input": config.data_path,
               "config": asdict(config)}
@@ -91,7 +137,17 @@ def _short(value) -> str:
 def write_shard_outputs(config: ScoreConfig, name: str, url: str, scored: list[tuple], errors: list[dict],
                         sha256: str, size: int) -> None:
     """One finished shard: scores/NAME.parquet (key, score[, image_embedding, text_embedding]) in the shard's
-    order, errors/NAME.jsonl, then work/shard_NAME.json, each atomically; the last marks the shard done."""
+    order, errors/NAME.jsonl, then work/shard_NAME.json, each atomically; the last marks the shard done.
+
+    Args:
+        config: the run's settings (`embeddings` adds the two [D] float32 list columns).
+        name: the shard's name.
+        url: its path or URL (recorded in the done file).
+        scored: (position, key, score[, image embedding, text embedding]) per scored sample.
+        errors: one dict per sample left out, with its "position".
+        sha256: the shard's hash.
+        size: the shard's size in bytes.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
