@@ -24,7 +24,8 @@ def plugin(*layers: str) -> set[str]:
 
 
 # The commands sit on top of every layer; `patches/` (fixes to LLaVA) is applied by the LLaVA integration only.
-COMMANDS = plugin("analyze", "convert", "demo", "evaluate", "fixtures", "llava_eval", "lora", "score", "train")
+COMMANDS = plugin("analyze", "convert", "demo", "evaluate", "fixtures", "llava_eval", "lora", "score", "sft",
+                  "train")
 PATCHES = plugin("patches")
 
 # layer -> what it must not import (a module, or anything under it)
@@ -118,7 +119,8 @@ def test_every_subpackage_says_what_lives_there():
 def test_top_level_modules_are_the_commands():
     """The top level holds the commands (each `main(argv) -> exit status`), the subpackages the layers."""
     modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    assert modules == ["analyze", "convert", "demo", "evaluate", "fixtures", "llava_eval", "lora", "score", "train"]
+    assert modules == ["analyze", "convert", "demo", "evaluate", "fixtures", "llava_eval", "lora", "score", "sft",
+                       "train"]
     for name in modules:
         tree = ast.parse((PACKAGE / f"{name}.py").read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), name

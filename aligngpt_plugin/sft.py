@@ -1,0 +1,157 @@
+"""aligngpt-sft: train an HF-native AlignGPT with TRL's SFTTrainer, as TRL's VLM recipe does, one stage at a time.
+
+    # stage 1: the projector and the level embeddings (data: `messages` + `images` + `align_level`)
+    python -m aligngpt_plugin.sft --model_name_or_path runs/aligngpt-7b-stage1-hf \\
+        --dataset_name data/pretrain_levels.json --image_folder data/images --align_stage 1 \\
+        --learning_rate 1e-3 --per_device_train_batch_size 32 --output_dir runs/stage1
+    # stage 2: the gate, the projector and the LLM (or LoRA on it with --use_peft)
+    python -m aligngpt_plugin.sft --model_name_or_path runs/stage1 --dataset_name data/instruct \\
+        --align_stage 2 --use_peft --lora_r 128 --lora_alpha 256 --output_dir runs/stage2
+    accelerate launch --config_file zero3.yaml -m aligngpt_plugin.sft ...   # several processes, DeepSpeed
+
+Flags: TRL's `ScriptArguments` (`--dataset_name`: here a local `save_to_disk` folder, a .parquet file or a LLaVA
+.json/.jsonl with `--image_folder`), `SFTConfig` (every `TrainingArguments` flag, `--max_length`,
+`--completion_only_loss`, `--resume_from_checkpoint`, ...), `ModelConfig` (`--model_name_or_path`, `--dtype`,
+`--use_peft`, `--lora_*`, `--load_in_4bit`) and the plugin's `AlignSFTArguments` (`--align_*`,
+`--image_folder`); `--config FILE.yaml` as TRL's scripts. On a machine without CUDA, `--bf16` defaults to off
+and `--use_cpu` to on (so `accelerate launch` with several CPU processes trains them together).
+
+The model folder must be an HF-native AlignGPT (`aligngpt-convert to-hf` / `build-hf` write one; `import
+aligngpt_plugin` registers the classes with `AutoModelForImageTextToText` / `AutoProcessor`). Every record is
+checked before the first step (`--align_bad_records`). The output folder gets the model (with --use_peft: the
+LoRA merged in, or with --no_align_merge_lora the adapter, which holds the projector and the alignment
+module in full) and the processor.
+
+Exit status: 0 trained and saved; 2 bad input (a missing dataset or image, a bad level, a folder that is not
+an HF-native AlignGPT, 4-bit without a GPU), with a one-line message naming the file or record.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from aligngpt_plugin.integrations.hf.training import AlignSFTArguments
+
+MODEL_TYPE = "llava_aligngpt"
+
+
+class InputError(ValueError):
+    """Bad input to the command (exit status 2)."""
+
+
+def build_parser():
+    """TRL's parser over (ScriptArguments, SFTConfig, ModelConfig, AlignSFTArguments)."""
+    import torch
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, AlignSFTArguments), prog="aligngpt-sft",
+                       description=__doc__.split("\n\n")[0],
+                       epilog="Exit status: 0 trained and saved; 2 bad input (the message names the file or record).")
+    if not torch.cuda.is_available():
+        # SFTConfig's default bf16 needs a GPU: fp32 unless asked. use_cpu: under `accelerate launch` without
+        # CUDA the Trainer otherwise runs each process alone (DistributedType.NO) and the ranks never meet
+        parser.set_defaults(bf16=False, use_cpu=True)
+    return parser
+
+
+def check_model_folder(path: str | None) -> Path:
+    """The model folder, if it holds an HF-native AlignGPT (config.json with model_type llava_aligngpt)."""
+    if not path:
+        raise InputError("give --model_name_or_path, an HF-native AlignGPT folder (aligngpt-convert to-hf or build-hf)")
+    folder = Path(path)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise InputError(f"{folder}: no config.json; give an HF-native AlignGPT folder (aligngpt-convert to-hf or "
+                         "build-hf write one)")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{config}: not JSON ({e})") from e
+    if model_type != MODEL_TYPE:
+        raise InputError(f"{folder}: model_type {model_type!r} is not an HF-native AlignGPT ({MODEL_TYPE!r}); convert "
+                         "it with aligngpt-convert to-hf (a LLaVA-original or released checkpoint) or build-hf")
+    return folder
+
+
+def load_model(folder: Path, model_args):
+    """The model and processor from `folder` under ModelConfig's dtype, attention and quantization."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import get_quantization_config
+
+    quantization = get_quantization_config(model_args)
+    if quantization is not None and not torch.cuda.is_available():
+        raise InputError("--load_in_4bit / --load_in_8bit need a CUDA GPU (bitsandbytes); drop them on this machine")
+    if quantization is not None and not model_args.use_peft:
+        raise InputError("--load_in_4bit / --load_in_8bit train through LoRA only: add --use_peft")
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    kwargs = {"attn_implementation": model_args.attn_implementation, "quantization_config": quantization}
+    if quantization is not None:  # each process's quantized weights on its own GPU
+        from accelerate import PartialState
+
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **kwargs)
+    except TypeError:  # transformers < 4.56 names it torch_dtype
+        model = AutoModelForImageTextToText.from_pretrained(folder, torch_dtype=dtype, **kwargs)
+    return model, AutoProcessor.from_pretrained(folder)
+
+
+def run(script_args, training_args, model_args, align_args) -> int:
+    """Check the inputs, train one stage, save model and processor to `output_dir`. Raises InputError/RecordError
+    on bad input."""
+    from trl import get_peft_config
+
+    from aligngpt_plugin.integrations.hf.data import load_sft_dataset
+    from aligngpt_plugin.integrations.hf.training import build_trainer, merged_for_saving
+
+    folder = check_model_folder(model_args.model_name_or_path)
+    if not script_args.dataset_name:
+        raise InputError("give --dataset_name: a save_to_disk folder, a .parquet file, or a LLaVA .json/.jsonl with "
+                         "--image_folder")
+    if model_args.use_peft and align_args.align_stage == 1:
+        raise InputError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for stage 1")
+    dataset = load_sft_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
+                               image_folder=align_args.image_folder)
+    model, processor = load_model(folder, model_args)
+    trainer = build_trainer(model, processor, dataset, training_args, align_args, trainer=align_args.align_trainer,
+                            peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    out = Path(training_args.output_dir)
+    merge = model_args.use_peft and align_args.align_merge_lora and not (model_args.load_in_4bit
+                                                                          or model_args.load_in_8bit)
+    if merge:
+        if trainer.accelerator.is_main_process:
+            merged_for_saving(trainer.model).save_pretrained(out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(out)
+        print(f"aligngpt-sft: stage {align_args.align_stage} done, {trainer.state.global_step} steps; saved to {out}"
+              + (f" ({trainer.align_skipped} bad record(s) skipped)" if trainer.align_skipped else ""))
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m aligngpt_plugin.sft` / `aligngpt-sft`. Returns the exit status (0 or 2)."""
+    import aligngpt_plugin.integrations.hf.configuration_aligngpt  # noqa: F401  (registers the Auto classes)
+    from aligngpt_plugin.integrations.hf.data import RecordError
+
+    parser = build_parser()
+    try:
+        script_args, training_args, model_args, align_args = parser.parse_args_and_config(args=argv)
+    except ValueError as e:  # a dataclass's own check (e.g. --bf16 without a GPU)
+        print(f"aligngpt-sft: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run(script_args, training_args, model_args, align_args)
+    except (InputError, RecordError) as e:
+        print(f"aligngpt-sft: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
