@@ -114,7 +114,8 @@ class AlignGPTMistralModel(AlignGPTModelMixin, LlavaMistralModel):
 
 @dataclass
 class AlignGPTOutput(CausalLMOutputWithPast):
-    """CausalLMOutputWithPast plus `gate_weights` [batch, N-1] (None in pre-training or without images)."""
+    """CausalLMOutputWithPast plus `gate_weights` [K, N-1], one row per sample with an image, in batch order
+    (None in pre-training or without images)."""
 
     gate_weights: torch.FloatTensor | None = None
 
@@ -269,8 +270,10 @@ class AlignGPTForCausalLMMixin:
             alignment_levels: [B] long levels (pre-training); `generate` supplies its own for the prefill.
             **kwargs: only `align_levels`, the old name of `alignment_levels` (FutureWarning).
         Returns:
-            LLaVA's tuple (None, position_ids [B, L'], attention_mask [B, L'], past_key_values, inputs_embeds
-            [B, L', D], labels [B, L'] or None), L' counting one more position when any sample has an image.
+            LLaVA's tuple (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels). With
+            images (not a decode step): (None, position_ids [B, L'] or None, attention_mask [B, L'] or None,
+            past_key_values, inputs_embeds [B, L', D], labels [B, L'] or None), L' being LLaVA's length plus one
+            when any sample has an image. Without: LLaVA's own result, unchanged.
         """
         alignment_levels = _renamed_levels(alignment_levels, kwargs)
         if kwargs:
