@@ -6,12 +6,16 @@
     aligngpt-convert from-plugin runs/aligngpt-7b              runs/aligngpt-7b-released
     aligngpt-convert to-hf       nlpzhaof/aligngpt-7b          runs/aligngpt-7b-hf        # released or LLaVA-original
     aligngpt-convert from-hf     runs/aligngpt-7b-hf           runs/aligngpt-7b-llava     # for eval/*.sh
+    aligngpt-convert build-hf    lmsys/vicuna-7b-v1.5          runs/aligngpt-7b-stage1-hf \
+                     --vision-tower openai/clip-vit-large-patch14-336 --align-levels 8    # stage 1's start
 
 Exit status 0 when written; 2 when the checkpoint does not fit or cannot be read (the message names the
 file, and the key and shapes where they are the reason), or when the output exists: a file is replaced
 only with --force, a folder never (remove it first). Nothing is written then. The layouts and what happens to each key:
 `aligngpt_plugin.conversion.released` (released <-> LLaVA-original) and `aligngpt_plugin.conversion.hf`
-(LLaVA-original <-> HF-native, transformers' `LlavaForConditionalGeneration` layout).
+(LLaVA-original <-> HF-native, transformers' `LlavaForConditionalGeneration` layout). build-hf writes a
+stage-1 HF-native AlignGPT from an LLM and a CLIP (`aligngpt_plugin.conversion.hf.build_hf`): the LLM and
+the tower unchanged, a fresh projector, fresh levels and gate; stage 2 loads that folder once trained.
 """
 
 from __future__ import annotations
@@ -34,16 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     epilog = "Exit status: 0 written, 2 the checkpoint does not fit or cannot be read, or the output exists " \
              "(nothing written)."
     parser = argparse.ArgumentParser(prog="aligngpt-convert", description=__doc__.split("\n\n")[0], epilog=epilog)
-    parser.add_argument("direction", choices=("to-plugin", "from-plugin", "to-hf", "from-hf"),
+    parser.add_argument("direction", choices=("to-plugin", "from-plugin", "to-hf", "from-hf", "build-hf"),
                         help="to-plugin / from-plugin: released <-> LLaVA-original layout; to-hf: a released or "
                              "LLaVA-original checkpoint (AlignGPT or plain LLaVA) -> HF-native; from-hf: HF-native "
-                             "-> LLaVA-original")
+                             "-> LLaVA-original; build-hf: an LLM (src) and a CLIP (--vision-tower) -> a stage-1 "
+                             "HF-native AlignGPT (fresh projector, levels and gate)")
     parser.add_argument("src", help="checkpoint folder or hub id (to-plugin, to-hf), or a pre-training "
-                                    "mm_projector_align.bin / mm_projector.bin file")
+                                    "mm_projector_align.bin / mm_projector.bin file; build-hf: the causal LM "
+                                    "folder or hub id with its tokenizer")
     parser.add_argument("dst", help="folder to write (for a folder or hub id), or file (for a .bin)")
     parser.add_argument("--vision-tower", help="the CLIP folder or hub id of the vision tower (the released "
                                                "configs may name a local path of the authors' machine); to-hf "
-                                               "reads the tower's weights from it, from-hf names it in the config")
+                                               "reads the tower's weights from it, from-hf names it in the config; "
+                                               "build-hf: the CLIP to build from (required)")
+    parser.add_argument("--align-levels", type=int, default=8, metavar="N",
+                        help="build-hf: N, the number of alignment levels (default 8, as the paper)")
     parser.add_argument("--max-shard-size", type=parse_size, default="2GB",
                         help="largest output file (default 2GB); bounds the memory the conversion needs")
     parser.add_argument("--force", action="store_true",
@@ -59,6 +68,11 @@ def to_or_from_hf(args) -> str:
     from aligngpt_plugin.conversion import hf
     from aligngpt_plugin.conversion.streaming import resolve
 
+    if args.direction == "build-hf":
+        if not args.vision_tower:
+            raise ConversionError("build-hf needs --vision-tower: the CLIP folder or hub id "
+                                  "(e.g. openai/clip-vit-large-patch14-336)")
+        return f"wrote {hf.build_hf(args.src, args.vision_tower, args.dst, align_levels=args.align_levels)}"
     if args.direction == "from-hf":
         return f"wrote {hf.hf_to_llava(args.src, args.dst, vision_tower=args.vision_tower)}"
     source = resolve(args.src)
@@ -75,7 +89,7 @@ def to_or_from_hf(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.direction in ("to-hf", "from-hf"):
+    if args.direction in ("to-hf", "from-hf", "build-hf"):
         try:
             print(to_or_from_hf(args))
         except ConversionError as e:

@@ -102,6 +102,26 @@ def _vision_weights(tower: Path) -> tuple[dict, list[Path]]:
     return vision, weight_files(tower)
 
 
+# A CLIPVisionModel saved by transformers 5.x has no `vision_model.` prefix (4.x's files and CLIPModel have it)
+_BARE_CLIP_VISION = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
+
+
+def _vision_state(tower: Path, files: list[Path]) -> dict[str, torch.Tensor]:
+    """The CLIP vision weights of `files` under llava-hf's names (`model.vision_tower.vision_model.*`, which
+    both transformers lines load), whichever transformers line saved the CLIP folder."""
+    out = {}
+    for path in files:
+        with open_weights(path) as state:
+            for k in state:
+                name = k if k.startswith("vision_model.") else \
+                    f"vision_model.{k}" if k.startswith(_BARE_CLIP_VISION) else None
+                if name is not None:
+                    out[f"model.vision_tower.{name}"] = state[k].contiguous()
+    if not out:
+        raise ConversionError(f"{tower} holds no CLIP vision weights (vision_model.*)")
+    return out
+
+
 def _hf_config(config: dict, vision: dict, vocab: int, ids: dict[str, int], aligngpt: bool) -> dict:
     strategy = {"patch": "default", "cls_patch": "full"}.get(config.get("mm_vision_select_feature", "patch"))
     projector = config.get("mm_projector_type", "mlp2x_gelu")
@@ -129,14 +149,17 @@ def _hf_config(config: dict, vision: dict, vocab: int, ids: dict[str, int], alig
     return out
 
 
-def _processor(src: Path, tower: Path, work: Path, vision: dict, strategy: str, aligngpt: bool) -> dict[str, int]:
-    """Tokenizer with the new tokens and the processor, saved in `work`; the ids of the new tokens."""
+def _processor(src: Path, tower: Path, work: Path, vision: dict, strategy: str, aligngpt: bool,
+               keep_pad: bool = False) -> dict[str, int]:
+    """Tokenizer with the new tokens and the processor, saved in `work`; the ids of the new tokens (under
+    PAD_TOKEN: the id of the tokenizer's own pad token where `keep_pad` and it has one)."""
     from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
     tokenizer = AutoTokenizer.from_pretrained(src)  # the fast tokenizer, as llava-hf ships
+    own_pad = keep_pad and tokenizer.pad_token is not None
     new = [IMAGE_TOKEN, PAD_TOKEN] + ([ALIGN_TOKEN] if aligngpt else [])
     tokenizer.add_special_tokens({"additional_special_tokens": [t for t in new if t != PAD_TOKEN],
-                                  "pad_token": PAD_TOKEN})
+                                  **({} if own_pad else {"pad_token": PAD_TOKEN})})
     image_processor = CLIPImageProcessor.from_pretrained(tower)
     # CLIP's CLS token counts in the processor's expansion, as llava-hf's processors set it
     kwargs = dict(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision["patch_size"],
@@ -149,7 +172,10 @@ def _processor(src: Path, tower: Path, work: Path, vision: dict, strategy: str, 
     else:
         processor = LlavaProcessor(**kwargs)
     processor.save_pretrained(work)
-    return {t: tokenizer.convert_tokens_to_ids(t) for t in new}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in new}
+    if own_pad:
+        ids[PAD_TOKEN] = tokenizer.pad_token_id
+    return ids
 
 
 def llava_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = None) -> Path:
@@ -193,13 +219,7 @@ def llava_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = Non
                         save_file(tensors, str(tmp), metadata={"format": "pt"})
                 weight_map.update(dict.fromkeys((rename(k, TO_HF) for k in keys), name))
         name = f"model-{len(files) + 1:05d}-of-{len(files) + 1:05d}.safetensors"
-        vision_keys = {}
-        for path in tower_files:
-            with open_weights(path) as state:
-                vision_keys.update({f"model.vision_tower.{k}": state[k].contiguous() for k in state
-                                    if k.startswith("vision_model.")})
-        if not vision_keys:
-            raise ConversionError(f"{tower} holds no CLIP vision weights (vision_model.*)")
+        vision_keys = _vision_state(tower, tower_files)
         if not (work / name).is_file():
             with atomic_path(work / name) as tmp:
                 save_file(vision_keys, str(tmp), metadata={"format": "pt"})
@@ -301,4 +321,166 @@ def hf_to_llava(src: str | Path, dst: str | Path, vision_tower: str | None = Non
         if (src / "generation_config.json").is_file():
             write_json_atomic(work / "generation_config.json",
                               json.loads((src / "generation_config.json").read_text()))
+    return dst
+
+
+# ------------------------------------------------------------------------------ stage 1 from an LLM and a CLIP
+
+LLM_SET_ASIDE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")  # buffers of old checkpoints; transformers recomputes them
+
+
+def _llm_config(llm: Path) -> dict:
+    """The causal LM's config.json, checked to be one (ConversionError naming the file otherwise)."""
+    from aligngpt_plugin.conversion.streaming import read_json
+
+    if not (llm / "config.json").is_file():
+        raise ConversionError(f"{llm} has no config.json: give a causal language model folder or hub id "
+                              "(e.g. lmsys/vicuna-7b-v1.5)")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = read_json(llm / "config.json")
+    if (config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "mm_vision_tower" in config
+            or "hidden_size" not in config):
+        raise ConversionError(f"{llm}/config.json is not a text-only causal language model's config (model_type "
+                              f"{config.get('model_type')!r}); build-hf starts from an LLM and a CLIP")
+    return config
+
+
+def _clip_processor(tower: Path):
+    from transformers import CLIPImageProcessor
+
+    if not (tower / "preprocessor_config.json").is_file():
+        raise ConversionError(f"{tower} has no preprocessor_config.json: the CLIP folder must hold its image "
+                              "processor (as openai/clip-vit-large-patch14-336 does)")
+    return CLIPImageProcessor.from_pretrained(tower)
+
+
+def build_hf(llm: str | Path, vision_tower: str | Path, dst: str | Path, align_levels: int = 8,
+             seed: int = 0) -> Path:
+    """A stage-1 HF-native AlignGPT from a causal LM and a CLIP, as the paper's stage 1 starts (LLaVA-1.5).
+
+    The LLM's and the CLIP's weights are copied unchanged (one input file open at a time); the vocabulary
+    grows by `<image>`, `<pad>` (only if the tokenizer has no pad token) and `<align>`, the new rows of the
+    embedding and the LM head being the mean of the old rows (`grow_rows`, as the converters); an LLM with
+    tied embeddings gets its LM head written out. Fresh: the 2-layer GELU projector (LLaVA-1.5's
+    mlp2x_gelu: vision hidden -> text hidden -> text hidden, torch's Linear init as LLaVA builds it) and the
+    level embeddings and gate (`AlignmentModule.reset_parameters`). CLIP features from layer -2, patch tokens
+    (`default`), `alignment_stage` "pretrain". Stage 2 starts from stage 1's saved output with
+    `from_pretrained` and `set_stage("finetune")`.
+
+    Args:
+        llm: causal LM folder or hub id with its tokenizer (`lmsys/vicuna-7b-v1.5`; Llama, Mistral, Qwen2, ...).
+        vision_tower: CLIP folder or hub id (CLIPModel or CLIPVisionModel with its image processor).
+        dst: the output folder (must not exist; DST.partial/ of a killed run is continued).
+        align_levels: N, the number of alignment levels (the paper: 8).
+        seed: seeds the fresh projector, level embeddings and gate.
+    Returns:
+        `dst`, loadable with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.
+    Raises:
+        ConversionError: a folder is missing or is not what it should be (no tokenizer, no CLIP vision weights,
+            no image processor, a vision tower too shallow for layer -2), or `dst` exists.
+    """
+    from aligngpt_plugin.core.alignment import AlignmentConfig, AlignmentModule
+
+    dst = Path(dst)
+    if dst.exists():
+        raise ConversionError(f"{dst} already exists; remove it or choose another output")
+    if align_levels < 2:
+        raise ConversionError(f"--align-levels {align_levels}: AlignGPT needs at least 2 levels (local and global)")
+    llm_path, tower = resolve(str(llm)), resolve(str(vision_tower))
+    config = _llm_config(llm_path)
+    files = weight_files(llm_path)
+    if not files:
+        raise ConversionError(f"{llm_path} holds no .safetensors or .bin weights")
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(llm_path)
+    except Exception as e:  # noqa: BLE001 - a missing or broken tokenizer raises many kinds
+        raise ConversionError(f"{llm_path} has no usable tokenizer ({type(e).__name__}: {str(e)[:200]}); the LLM "
+                              "folder must hold one (tokenizer.json or tokenizer.model with tokenizer_config.json)"
+                              ) from None
+    if not (tower / "config.json").is_file():
+        raise ConversionError(f"{tower} has no config.json: give a CLIP folder or hub id "
+                              "(e.g. openai/clip-vit-large-patch14-336)")
+    vision, tower_files = _vision_weights(tower)
+    if vision.get("num_hidden_layers", 0) < 2 or "image_size" not in vision:
+        raise ConversionError(f"{tower}/config.json: not a CLIP vision config with >= 2 layers (LLaVA-1.5 reads "
+                              "the second-last layer)")
+    _clip_processor(tower)
+    infos = tensor_infos(files)
+    embed_key, head_key = "model.embed_tokens.weight", "lm_head.weight"
+    if embed_key not in infos:
+        raise ConversionError(f"{llm_path}: no {embed_key} among the weights; build-hf takes a causal LM whose "
+                              "decoder is `model.*` (Llama, Mistral, Qwen2, ...)")
+    tied = head_key not in infos
+    old_rows, text_hidden = infos[embed_key].shape
+    if text_hidden != config["hidden_size"]:
+        raise ConversionError(f"{llm_path}: {embed_key} is {list(infos[embed_key].shape)} but hidden_size is "
+                              f"{config['hidden_size']}")
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    alignment = AlignmentConfig(num_levels=align_levels, gate_tokens=tokens)
+    plan = {"direction": "build-hf", "sources": source_stamp(files + tower_files), "levels": align_levels,
+            "seed": seed}
+    with partial_folder(dst, plan) as work:
+        ids = _processor(llm_path, tower, work, vision, "default", aligngpt=True, keep_pad=True)
+        vocab = max(max(ids.values()) + 1, old_rows)
+        weight_map, dtype = {}, None
+        count = len(files) + 2  # the LLM's files, the vision tower, the fresh modules
+        for i, path in enumerate(files, 1):
+            name = f"model-{i:05d}-of-{count:05d}.safetensors"
+            with open_weights(path) as state:
+                keys = [k for k in state if not LLM_SET_ASIDE.search(k)]
+                tensors = {}
+                for k in keys:
+                    if not (k.startswith("model.") or k == head_key):
+                        raise ConversionError(f"{path}: weight {k!r} is not a causal LM's (model.* or lm_head)")
+                    if k == embed_key:
+                        dtype = state[k].dtype
+                        if tied:  # the head is the embedding; Llava's config here unties it
+                            tensors[head_key] = grow_rows(state[k], vocab).contiguous()
+                    tensors[rename(k, TO_HF)] = grow_rows(state[k], vocab) if k in VOCAB_KEYS else state[k].contiguous()
+                if not (work / name).is_file():
+                    with atomic_path(work / name) as tmp:
+                        save_file(tensors, str(tmp), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(tensors, name))
+                del tensors
+        vision_keys = _vision_state(tower, tower_files)
+        name = f"model-{count - 1:05d}-of-{count:05d}.safetensors"
+        if not (work / name).is_file():
+            with atomic_path(work / name) as tmp:
+                save_file(vision_keys, str(tmp), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(vision_keys, name))
+        torch.manual_seed(seed)
+        fresh = {"model.multi_modal_projector.linear_1": torch.nn.Linear(vision["hidden_size"], text_hidden),
+                 "model.multi_modal_projector.linear_2": torch.nn.Linear(text_hidden, text_hidden)}
+        tensors = {f"{prefix}.{k}": v for prefix, module in fresh.items() for k, v in module.state_dict().items()}
+        module = AlignmentModule(alignment, text_hidden)
+        module.reset_parameters()
+        tensors.update({f"model.alignment.{k}": v for k, v in module.state_dict().items()})
+        tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
+        name = f"model-{count:05d}-of-{count:05d}.safetensors"
+        if not (work / name).is_file():
+            with atomic_path(work / name) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+        write_json_atomic(work / "model.safetensors.index.json", {"metadata": {}, "weight_map": dict(sorted(
+            weight_map.items()))})
+        text = {k: v for k, v in config.items()
+                if k not in ("architectures", "_name_or_path", "transformers_version", "auto_map")}
+        text.update(vocab_size=vocab, pad_token_id=ids[PAD_TOKEN], tie_word_embeddings=False)
+        hf_config = {
+            "model_type": "llava_aligngpt", "architectures": ["AlignGPTLlavaForConditionalGeneration"],
+            "text_config": text, "vision_config": vision, "image_token_index": ids[IMAGE_TOKEN],
+            "image_seq_length": tokens, "projector_hidden_act": "gelu", "vision_feature_select_strategy": "default",
+            "vision_feature_layer": -2, "multimodal_projector_bias": True, "tie_word_embeddings": False,
+            "pad_token_id": ids[PAD_TOKEN], "alignment": alignment.to_dict(), "alignment_token_id": ids[ALIGN_TOKEN],
+            "alignment_stage": "pretrain", "mm_vision_tower": str(vision_tower), "llm": str(llm)}
+        for key in ("torch_dtype", "dtype"):  # `dtype="auto"` loads what the LLM's weights are
+            if key in config:
+                hf_config[key] = config[key]
+        write_json_atomic(work / "config.json", hf_config)
+        if (llm_path / "generation_config.json").is_file():
+            write_json_atomic(work / "generation_config.json",
+                              json.loads((llm_path / "generation_config.json").read_text()))
     return dst
