@@ -85,9 +85,9 @@ def pope_rows(tiny) -> list[dict]:
              "image": str(tiny.images / p["file"])} for k, ((label, q), p) in enumerate(zip(asks, pics))]
 
 
-def run_lmms_eval(checkpoint: Path, rows: list[dict], root: Path, batch_size: int) -> dict:
-    """`lmms-eval --model aligngpt` on `rows` as lmms-eval's POPE task, with the gate dump; returns the
-    output folder, the dump, the results and the samples file."""
+def run_lmms_eval(checkpoint: Path, rows: list[dict], root: Path, batch_size: int, model_args: str = "") -> dict:
+    """`lmms-eval --model aligngpt` on `rows` as lmms-eval's POPE task, with the gate dump (`model_args`: more
+    `--model_args`, comma-separated); returns the output folder, the dump, the results and the samples file."""
     assert (LMMS_DIR / "lmms_eval").is_dir(), f"lmms-eval is not installed in {LMMS_DIR}: run `make install`"
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LMMS_DIR), os.environ.get("PYTHONPATH", "")]),
@@ -100,7 +100,8 @@ def run_lmms_eval(checkpoint: Path, rows: list[dict], root: Path, batch_size: in
     (task / "pope_local.yaml").write_text(TASK.format(dataset=root / "dataset"))
     (task / "utils.py").write_text("from lmms_eval.tasks.pope.utils import *  # noqa: F401,F403\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "--model", "aligngpt", "--model_args", f"pretrained={checkpoint}",
+        [sys.executable, "-m", "lmms_eval", "--model", "aligngpt",
+         "--model_args", ",".join([f"pretrained={checkpoint}", *filter(None, [model_args])]),
          "--tasks", "pope_local", "--include_path", str(task), "--batch_size", str(batch_size),
          "--output_path", str(root / "out"), "--log_samples"],
         env=env, capture_output=True, text=True, cwd=root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+from aligngpt_plugin.evaluation.lmms import DocumentFetches, is_hf_native
 from aligngpt_plugin.integrations.llava.compat import prepare_llava
 from aligngpt_plugin.integrations.llava.loader import enable_aligngpt_loading, set_gate_sample_ids
 
@@ -28,47 +29,6 @@ def _aligngpt_loader():
         lmms_llava.load_pretrained_model = saved
 
 
-class _Fetches:
-    """lmms-eval's `task_dict` ({task: {split: documents}}) that notes every document fetched from it.
-
-    lmms-eval's `generate_until` sorts the requests by context length and, for each batch, fetches the
-    batch's documents by id (`task_dict[task][split][doc_id]`) just before it calls `generate`: the
-    fetches since the last `generate` are that batch's documents, in batch order."""
-
-    def __init__(self, tasks, log: list[dict], task=None):
-        self._tasks, self._log, self._task = tasks, log, task
-
-    def __getitem__(self, key):
-        if self._task is None:  # task -> its splits
-            return _Fetches(self._tasks[key], self._log, task=key)
-        return _Documents(self._tasks[key], self._log, self._task)
-
-    def __getattr__(self, name):  # anything else lmms-eval asks of the dict
-        return getattr(self._tasks, name)
-
-    def __contains__(self, key):
-        return key in self._tasks
-
-
-class _Documents:
-    def __init__(self, docs, log: list[dict], task):
-        self._docs, self._log, self._task = docs, log, task
-
-    def __getitem__(self, doc_id):
-        self._log.append({"task": self._task, "doc_id": _plain(doc_id)})
-        return self._docs[doc_id]
-
-    def __getattr__(self, name):
-        return getattr(self._docs, name)
-
-    def __len__(self):
-        return len(self._docs)
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
-
-
 class AlignGPT(lmms_llava.Llava):
     """lmms-eval's LLaVA model for AlignGPT (and LLaVA) checkpoints, recognised by their config.
 
@@ -77,6 +37,20 @@ class AlignGPT(lmms_llava.Llava):
     """
 
     is_simple = True
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lmms-eval builds its model here: an HF-native AlignGPT folder (config `model_type` llava_aligngpt)
+        goes to `aligngpt_plugin.evaluation.lmms_hf.AlignGPTHf` (transformers' classes), anything else to
+        this class (LLaVA's loader)."""
+        from lmms_eval import utils
+
+        pretrained = utils.simple_parse_args_string(arg_string).get("pretrained")
+        if pretrained and is_hf_native(str(pretrained)):
+            from aligngpt_plugin.evaluation.lmms_hf import AlignGPTHf
+
+            return AlignGPTHf.create_from_arg_string(arg_string, additional_config)
+        return super().create_from_arg_string(arg_string, additional_config)
 
     def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
                  **kwargs) -> None:
@@ -107,7 +81,7 @@ class AlignGPT(lmms_llava.Llava):
         """
         tasks = self.task_dict
         self._fetched.clear()
-        self.task_dict = _Fetches(tasks, self._fetched)
+        self.task_dict = DocumentFetches(tasks, self._fetched)
         try:
             return super().generate_until(requests)
         finally:
