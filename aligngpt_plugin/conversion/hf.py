@@ -362,11 +362,14 @@ def build_hf(llm: str | Path, vision_tower: str | Path, dst: str | Path, align_l
     The LLM's and the CLIP's weights are copied unchanged (one input file open at a time); the vocabulary
     grows by `<image>`, `<pad>` (only if the tokenizer has no pad token) and `<align>`, the new rows of the
     embedding and the LM head being the mean of the old rows (`grow_rows`, as the converters); an LLM with
-    tied embeddings gets its LM head written out. Fresh: the 2-layer GELU projector (LLaVA-1.5's
-    mlp2x_gelu: vision hidden -> text hidden -> text hidden, torch's Linear init as LLaVA builds it) and the
-    level embeddings and gate (`AlignmentModule.reset_parameters`). CLIP features from layer -2, patch tokens
-    (`default`), `alignment_stage` "pretrain". Stage 2 starts from stage 1's saved output with
-    `from_pretrained` and `set_stage("finetune")`.
+    tied embeddings gets its LM head written out. A new token whose id falls inside the LLM's matrix (a
+    tokenizer smaller than its model's embedding, as Qwen2's) keeps that row: the LLM stays as it was.
+    Fresh: the 2-layer GELU projector (LLaVA-1.5's mlp2x_gelu: vision hidden -> text hidden -> text hidden,
+    torch's Linear init as LLaVA builds it) and the level embeddings and gate
+    (`AlignmentModule.reset_parameters`). CLIP features from layer -2, patch tokens (`default`),
+    `alignment_stage` "pretrain", the processor with llava-hf's Vicuna chat template (LLaVA-1.5's prompt
+    format, whatever the LLM). Stage 2 starts from stage 1's saved output with `from_pretrained` and
+    `set_stage("finetune")`.
 
     Args:
         llm: causal LM folder or hub id with its tokenizer (`lmsys/vicuna-7b-v1.5`; Llama, Mistral, Qwen2, ...).
