@@ -11,6 +11,8 @@
 # 4. a converted released checkpoint (tiny) in bf16 on CUDA against fp32 on the CPU
 # 5. the tiny reference run (stage 1 + stage 2 + eval) on the image's own torch and transformers 5.x, beside
 #    the losses recorded on 4.57.6 on the CPU (tests/golden/reference_run_4.57.6.json)
+# 6. HF-native AlignGPT / transformers' LlavaForConditionalGeneration step time on the 7B-shaped slice in bf16,
+#    same weights and batch (plus <align>), sdpa and, where flash_attn imports, FlashAttention-2 (goal <= 1.02)
 set -euo pipefail
 out=${OUT:-bench/results/gpu}
 mkdir -p "$out"
@@ -31,3 +33,11 @@ run finetune_zero3 python3 bench/train_throughput.py --shape 7b-slice --stage fi
 run score_vit_l14_336 python3 bench/score_throughput.py --model ViT-L-14-336 --json "$out/score_vit_l14_336.json"
 run released_bf16 python3 bench/released_bf16.py --device cuda --json "$out/released_bf16.json"
 run reference_run python3 tests/golden/reference_run.py "$out/reference_run.json"
+run hf_step_time_7b_slice_sdpa python3 bench/hf_step_time.py --shape 7b-slice --dtype bfloat16 --attn sdpa \
+    --json "$out/hf_step_time_7b_slice_sdpa.json"
+if python3 -c "import flash_attn" 2>/dev/null; then
+    run hf_step_time_7b_slice_fa2 python3 bench/hf_step_time.py --shape 7b-slice --dtype bfloat16 \
+        --attn flash_attention_2 --json "$out/hf_step_time_7b_slice_fa2.json"
+else
+    echo "== hf_step_time_7b_slice_fa2: flash_attn does not import here; skipped" | tee "$out/hf_step_time_7b_slice_fa2.log"
+fi

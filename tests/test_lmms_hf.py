@@ -45,10 +45,12 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_hf_native_folder_is_recognised():
+def test_hf_native_folder_is_recognised(hf_checkpoint):
     from aligngpt_plugin.evaluation.lmms import is_hf_native
 
-    assert not is_hf_native("/nonexistent-folder")
+    assert is_hf_native(str(hf_checkpoint))
+    assert not is_hf_native(str(hf_checkpoint.parent / "aligngpt-tiny"))  # the LLaVA-original folder it came from
+    assert not is_hf_native(str(hf_checkpoint.parent / "nowhere"))
 
 
 def test_pope_scores_are_the_hand_count_over_the_answers(runs):
