@@ -158,6 +158,22 @@ def test_a_training_batch_without_images_runs_the_module_adding_zero():
         torch.testing.assert_close(out.logits, reference.train()(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
+def test_a_training_batch_without_images_runs_tower_and_projector_before_the_module():
+    """A text-only rank must run what an image rank runs, in the same order (ZeRO-3 gathers each module's
+    partitions collectively, ZeRO-2 reduces fixed gradient buckets), as LLaVA's zero image does."""
+    model, _ = tiny_pair("llama")
+    model.train()
+    order = []
+    for name, module in (("tower", model.model.vision_tower), ("projector", model.model.multi_modal_projector),
+                         ("alignment", model.model.alignment)):
+        module.register_forward_hook(lambda m, args, out, name=name: order.append(name))
+    ids = torch.tensor([[1, 5, 6, 7]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert order == ["tower", "projector", "alignment"]
+    grads = [p.grad for p in model.model.multi_modal_projector.parameters()]
+    assert all(g is not None and not g.any() for g in grads)  # in the graph, and zero
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_generate_runs_the_gate_once_and_batches_with_either_padding(padding_side):
     model, _ = tiny_pair("llama")

@@ -139,6 +139,28 @@ class AlignGPTLlavaModel(LlavaModel):
         tokens = like.new_zeros(0, self.alignment.config.gate_tokens, hidden)
         return self.alignment(image_tokens=tokens, text_mean=like.new_zeros(0, hidden))
 
+    def idle_image_term(self, features: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """0 from the tower and projector run on one zero image, where a training batch has no image.
+
+        Under DeepSpeed every rank must run the same modules in the same order in each step: ZeRO-3 gathers
+        each module's partitions collectively and ZeRO-2 reduces fixed gradient buckets, so a rank with a
+        text-only batch that skipped the tower would leave the others waiting or mismatched. LLaVA's own data
+        gives text-only samples a zero image for the same reason; here the model does it, before the
+        alignment module as in an image batch.
+
+        Args:
+            features: [image tokens, H] of the batch's images, or None where it has none.
+            like: [B, L, H] embeddings, for the device and dtype.
+        Returns:
+            A scalar 0, connected to the tower and projector when `features` is None.
+        """
+        if features is not None:
+            return like.new_zeros(())
+        size = self.config.vision_config.image_size
+        dtype = next(self.vision_tower.parameters()).dtype
+        zero = torch.zeros(1, 3, size, size, dtype=dtype, device=like.device)
+        return self.image_features(zero).sum().to(like.dtype) * 0
+
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.FloatTensor | None = None,
                 attention_mask: torch.Tensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 alignment_levels: torch.LongTensor | None = None, alignment_labels: torch.LongTensor | None = None,
@@ -175,8 +197,8 @@ class AlignGPTLlavaModel(LlavaModel):
             embeds = embeds.masked_scatter(align_mask.unsqueeze(-1).expand_as(embeds), out.token.to(embeds.dtype))
             self._gate_weights = self.last_gate_weights = out.gate_weights
             self.last_gate_samples = align_mask.any(dim=1)
-        else:  # training on a batch without images: the module runs and adds 0
-            embeds = embeds + idle_term(self.idle_alignment(embeds))
+        else:  # training on a batch without images: the tower, projector and module run and add 0
+            embeds = embeds + self.idle_image_term(features, embeds) + idle_term(self.idle_alignment(embeds))
         out = super().forward(input_ids=None, pixel_values=None, attention_mask=attention_mask,
                               inputs_embeds=embeds, **kwargs)
         return AlignGPTLlavaModelOutput(**out, gate_weights=self._gate_weights)
