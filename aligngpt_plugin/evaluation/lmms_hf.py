@@ -83,7 +83,14 @@ class AlignGPTHf(lmms_llava_hf.LlavaHf):
 
     def generate_until(self, requests) -> list[str]:
         """`llava_hf`'s at batch size 1, `generate_batched` above it; the documents each `generate` answers
-        are noted for the gate dump."""
+        are noted for the gate dump.
+
+        Args:
+            requests: lmms-eval's `Instance`s, each with `args` (context, generation kwargs, doc_to_visual,
+                doc id, task, split).
+        Returns:
+            One answer per request, in the requests' order.
+        """
         tasks = self.task_dict
         self._fetched.clear()
         self.task_dict = DocumentFetches(tasks, self._fetched)
@@ -96,7 +103,14 @@ class AlignGPTHf(lmms_llava_hf.LlavaHf):
 
     def prompt(self, context: str, images: int) -> str:
         """The chat-templated prompt of one request, as `llava_hf` builds it: `<image>` tokens first where the
-        task's text has none."""
+        task's text has none.
+
+        Args:
+            context: the task's question text.
+            images: how many images the request has.
+        Returns:
+            The prompt string, ending with the assistant's turn.
+        """
         if images and lmms_llava_hf.DEFAULT_IMAGE_TOKEN not in context:
             context = " ".join([lmms_llava_hf.DEFAULT_IMAGE_TOKEN] * images) + "\n" + context
         self.tokenizer.chat_template = self.chat_template
@@ -105,7 +119,13 @@ class AlignGPTHf(lmms_llava_hf.LlavaHf):
 
     def generate_batched(self, requests) -> list[str]:
         """Greedy or sampled answers, `batch_size` requests per `generate` (longest context first, as lmms-eval
-        orders them), left-padded; each answer ends at the first of the task's `until` strings."""
+        orders them), left-padded; each answer ends at the first of the task's `until` strings.
+
+        Args:
+            requests: lmms-eval's `Instance`s, as for `generate_until`.
+        Returns:
+            One answer per request, in the requests' order.
+        """
         def longest_first(args):
             return -len(self.tok_encode(args[0])), args[0]
 

@@ -42,7 +42,14 @@ class AlignGPT(lmms_llava.Llava):
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """lmms-eval builds its model here: an HF-native AlignGPT folder (config `model_type` llava_aligngpt)
         goes to `aligngpt_plugin.evaluation.lmms_hf.AlignGPTHf` (transformers' classes), anything else to
-        this class (LLaVA's loader)."""
+        this class (LLaVA's loader).
+
+        Args:
+            arg_string: `--model_args`, e.g. `pretrained=FOLDER,dtype=bfloat16`.
+            additional_config: lmms-eval's extra settings (batch size, device).
+        Returns:
+            The lmms-eval model instance.
+        """
         from lmms_eval import utils
 
         pretrained = utils.simple_parse_args_string(arg_string).get("pretrained")
