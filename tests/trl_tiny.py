@@ -89,3 +89,23 @@ def llava_records(names: list[str], text_only: int = 1) -> list[dict]:
 def write_llava_json(path: Path, records: list[dict]) -> Path:
     path.write_text(json.dumps(records))
     return path
+
+
+def plain_llava_processor(processor):
+    """transformers' own LlavaProcessor with the same tokenizer, image processor and template: what TRL's
+    collator gets for llava-hf (no alignment token)."""
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                          patch_size=processor.patch_size,
+                          vision_feature_select_strategy=processor.vision_feature_select_strategy,
+                          chat_template=processor.chat_template, num_additional_image_tokens=1)
+
+
+def trl_dataset(tmp_path: Path, count: int = 6, text_only: int = 1):
+    """(dataset, image folder): the LLaVA records of `llava_records` converted to TRL's format."""
+    from aligngpt_plugin.integrations.hf.data import llava_json_to_trl
+
+    names = write_pictures(tmp_path / "images", count)
+    path = write_llava_json(tmp_path / "data.json", llava_records(names, text_only))
+    return llava_json_to_trl(path, tmp_path / "images"), tmp_path / "images"
