@@ -140,3 +140,65 @@ def test_config_round_trip_and_unknown_keys():
     assert AlignmentConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown alignment settings.*'levels'"):
         AlignmentConfig.from_dict({"levels": 8})
+
+
+def test_building_and_resetting_the_module_leave_the_global_rng_where_it_was():
+    """A model that builds the module before its projector (AlignGPT in LLaVA) must draw the projector a
+    plain model draws for the same seed: the module may not advance the global RNG."""
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    m = AlignmentModule(AlignmentConfig(), hidden_size=H)
+    assert torch.equal(torch.get_rng_state(), state)
+    # nor are the module's numbers the ones the global stream draws next (a plain fork would give it those:
+    # the projector's, drawn by the same law)
+    assert not torch.equal(torch.nn.Linear(576, 256).weight, m.gate[0].weight)
+    torch.set_rng_state(state)
+    m.reset_parameters()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(torch.nn.Linear(576, 256).weight, m.gate[0].weight)
+
+
+def test_private_init_follows_torchs_init_laws_and_the_global_seed():
+    """Xavier-uniform levels, and nn.Linear's default for the gate (weights and biases uniform in
+    +-1/sqrt(fan_in): torch's documentation); the same global seed gives the same values, another seed
+    others, and reset_parameters redraws the constructor's values."""
+    def draw(seed: int) -> AlignmentModule:
+        torch.manual_seed(seed)
+        return AlignmentModule(AlignmentConfig(), hidden_size=64)
+
+    m = draw(0)
+    for tensor, bound in ((m.level_embeddings, (6 / (8 + 64)) ** 0.5), (m.gate[0].weight, 576 ** -0.5),
+                          (m.gate[0].bias, 576 ** -0.5), (m.gate[2].weight, 256 ** -0.5)):
+        values = tensor.detach().flatten()
+        assert values.abs().max() <= bound
+        # a uniform on [-b, b] has standard deviation b / sqrt(3); 147k gate weights pin it to < 1%
+        tolerance = 0.01 if values.numel() > 10_000 else 0.2
+        assert values.std().item() == pytest.approx(bound / 3 ** 0.5, rel=tolerance)
+    same, other = draw(0), draw(1)
+    built = {k: v.clone() for k, v in m.state_dict().items()}
+    for key, value in built.items():
+        assert torch.equal(same.state_dict()[key], value)
+        assert not torch.equal(other.state_dict()[key], value)
+    torch.manual_seed(0)
+    m.reset_parameters()
+    for key, value in built.items():
+        assert torch.equal(m.state_dict()[key], value), key
+
+
+def test_the_gate_layers_are_marked_for_models_weight_init():
+    """transformers' `_init_weights` visits the gate's Linear layers before the module: a model skips them
+    (`is_alignment_layer`) and lets `reset_parameters` draw them."""
+    from aligngpt_plugin.core.alignment import is_alignment_layer
+
+    m = module()
+    assert all(is_alignment_layer(layer) for layer in m.gate.modules())
+    assert not is_alignment_layer(m) and not is_alignment_layer(torch.nn.Linear(2, 2))
+
+
+def test_a_module_built_on_the_meta_device_draws_nothing():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    with torch.device("meta"):
+        m = AlignmentModule(AlignmentConfig(), hidden_size=H)
+    m.reset_parameters()
+    assert m.level_embeddings.is_meta and torch.equal(torch.get_rng_state(), state)

@@ -13,6 +13,8 @@ The gate of the public code reads exactly 576 image tokens (one 336 px image, 14
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -136,6 +138,57 @@ def full_weights(params: list[nn.Parameter]):
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
+PRIVATE_SALT = b"aligngpt_plugin.core.alignment.AlignmentModule"
+
+
+def private_seed() -> int:
+    """A seed for the alignment module's own draws, read from the global CPU RNG without drawing from it.
+
+    The same global state (the same `torch.manual_seed`) gives the same seed, so the module's init stays
+    reproducible; hashing the state with a salt keeps its values unrelated to what the global stream draws
+    next (a fork of the global state would give the module the projector's own random numbers).
+
+    Returns:
+        A 64-bit integer.
+    """
+    digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes() + PRIVATE_SALT).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def private_rng():
+    """A context in which the global RNG of the device new tensors are made on is seeded with
+    `private_seed()`, and restored after: what the context draws leaves the global stream untouched.
+
+    `fork_rng(devices=[])` alone saves and restores only the CPU generator: enough where the module is
+    built on the CPU (transformers' default, then moved) or on the meta device (draws nothing). Where new
+    tensors land on CUDA (`torch.set_default_device`, `with torch.device(...)`, DeepSpeed's `zero.Init`),
+    that device's generator is forked and seeded too.
+    """
+    seed = private_seed()
+    device = torch.empty(0).device  # where the constructors below allocate
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def is_alignment_layer(module: nn.Module) -> bool:
+    """Whether `module` is one of an AlignmentModule's own layers (its gate's), which the module's
+    `reset_parameters` draws: a model's weight init (transformers' `_init_weights`, which visits every
+    submodule before their parent) should leave them to it, or it draws them from the global RNG first.
+
+    Args:
+        module: any module of a model.
+
+    Returns:
+        True for a layer inside an AlignmentModule (not for the AlignmentModule itself).
+    """
+    return getattr(module, "_alignment_layer", False)
+
+
 class AlignmentModule(nn.Module):
     """The level embedding table `E` [N, hidden] and the gate over the N-1 local levels.
 
@@ -146,28 +199,48 @@ class AlignmentModule(nn.Module):
     Attributes:
         level_embeddings: `E`, [N, H], Xavier-uniform at initialisation.
         gate: Linear(gate_tokens, gate_hidden_size) -> GELU -> Linear(gate_hidden_size, N - 1).
+
+    Building it and `reset_parameters` draw from a private stream seeded from the global RNG's state
+    (`private_seed`) without advancing any global RNG; the values follow torch's usual init laws.
     """
 
     def __init__(self, config: AlignmentConfig, hidden_size: int):
         super().__init__()
         self.config = config
         n = config.num_levels
-        self.level_embeddings = nn.Parameter(torch.empty(n, hidden_size))
-        self.gate = nn.Sequential(
-            nn.Linear(config.gate_tokens, config.gate_hidden_size),
-            nn.GELU(),
-            nn.Linear(config.gate_hidden_size, n - 1),
-        )
-        # The gate's Linear layers initialise themselves (under DeepSpeed ZeRO-3 they are already
-        # partitioned here, so re-initialising them would fail); only the levels need their own init.
-        nn.init.xavier_uniform_(self.level_embeddings)
+        # Drawn from a private stream (`private_rng`), so that building the module leaves the global RNG
+        # where it was: a model that builds it before its projector (AlignGPT in LLaVA) then draws the
+        # same projector for a seed as plain LLaVA does.
+        with private_rng():
+            self.level_embeddings = nn.Parameter(torch.empty(n, hidden_size))
+            self.gate = nn.Sequential(
+                nn.Linear(config.gate_tokens, config.gate_hidden_size),
+                nn.GELU(),
+                nn.Linear(config.gate_hidden_size, n - 1),
+            )
+            # The gate's Linear layers initialise themselves (under DeepSpeed ZeRO-3 they are already
+            # partitioned here, so re-initialising them would fail); only the levels need their own init.
+            nn.init.xavier_uniform_(self.level_embeddings)
+        for layer in self.gate.modules():
+            layer._alignment_layer = True  # see is_alignment_layer
 
     def reset_parameters(self) -> None:
-        """Draws `E` (Xavier-uniform) and the gate's Linear layers again, gathering ZeRO-3 partitions first."""
+        """Draws the gate's Linear layers (torch's default init) and `E` (Xavier-uniform) again, in the
+        constructor's order and from the same private stream (`private_seed`), leaving every global RNG as it
+        was; ZeRO-3 partitions are gathered first. A weight transformers 5 has loaded from a file
+        (`_is_hf_initialized`) is left alone by transformers' guard around `torch.nn.init`."""
         with full_weights(list(self.parameters())):
-            nn.init.xavier_uniform_(self.level_embeddings)
+            device = self.level_embeddings.device
+            if device.type == "meta":  # nothing to draw into; the weights come later
+                return
+            generator = torch.Generator(device=device).manual_seed(private_seed())
             for layer in (self.gate[0], self.gate[2]):
-                layer.reset_parameters()
+                # nn.Linear.reset_parameters, with our generator
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                fan_in = layer.weight.shape[1]
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+            nn.init.xavier_uniform_(self.level_embeddings, generator=generator)
 
     @property
     def num_levels(self) -> int:

@@ -155,11 +155,12 @@ def write_start(path: Path, seed: int, vision_width: int, hidden: int, alignment
     """The weights both models start stage 1 from, drawn once for `seed`: LLaVA's `mlp2x_gelu` projector
     (Linear, GELU, Linear, torch's default init as LLaVA builds it) and AlignGPT's alignment module.
 
-    Without it the two runs would not start alike: AlignGPT's model builds its alignment module (level
-    embeddings and gate, initialised from the RNG) in its constructor, before LLaVA's
-    `initialize_vision_modules` draws the projector, so the projector of the same seed differs. Both
-    stage-1 runs load this file with `--pretrain_mm_mlp_adapter` (LLaVA reads the `mm_projector.` keys,
-    AlignGPT also the `alignment.` ones)."""
+    The file makes the shared start explicit, whatever each model draws while it is built: the alignment
+    module draws from its own stream (`core.alignment.private_rng`), but where a model's weight init still
+    draws the gate's layers from the global RNG before LLaVA's `initialize_vision_modules` draws the
+    projector, the same seed alone gives the two models different projectors (tests/test_same_start.py).
+    Both stage-1 runs load this file with `--pretrain_mm_mlp_adapter` (LLaVA reads the `mm_projector.`
+    keys, AlignGPT also the `alignment.` ones)."""
     import torch
 
     from aligngpt_plugin.core.alignment import AlignmentModule

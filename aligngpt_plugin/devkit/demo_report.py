@@ -369,11 +369,12 @@ def markdown(summary: dict) -> str:
         "",
         "**Same start.** Both stage-1 runs of a seed load one file of start weights, `seed<k>/start.bin` "
         "(`--pretrain_mm_mlp_adapter`): the projector, and for AlignGPT the level embeddings and the gate. "
-        "Without it, the same `--seed` does not give the same projector: AlignGPT's model builds its alignment "
-        "module (drawing the level embeddings and the gate from the RNG) in its constructor, before LLaVA's "
-        "`initialize_vision_modules` draws the projector, so the projector comes from a later point of the "
-        "random stream (`tests/test_demo.py` checks both: the draws differ without the file, the weights are "
-        "identical with it). Both runs read the batches in the same order (the Trainer's sampler, same seed). "
+        "The file makes the start independent of what each model draws while it is built: the alignment module "
+        "draws from its own random stream and leaves the global one alone, but where a model's weight init draws "
+        "the gate's layers from the global stream before LLaVA's `initialize_vision_modules` draws the projector, "
+        "the same `--seed` alone gives the two models different projectors (`tests/test_same_start.py`; "
+        "`tests/test_demo.py` checks that with the file both projectors are the file's). Both runs read the "
+        "batches in the same order (the Trainer's sampler, same seed). "
         "Step 1's loss is computed before any update, on the same first batch with the same projector: what "
         f"differs there is only AlignGPT's alignment token after BOS (its level's embedding, untrained, which the "
         f"frozen LLM has never seen; {s['levels']} x {s['llm_hidden']} Xavier-uniform values).",
