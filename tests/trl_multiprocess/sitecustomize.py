@@ -5,6 +5,8 @@ Trainer ran it (parallel mode, what wraps the model, world size), the losses it 
 that trained, at full value (gathered first where ZeRO-3 partitioned it), so that the tests can compare the
 ranks with each other and with a single-process run. Without the variable it does nothing.
 
+ALIGNGPT_TRL_KILL_AFTER_SAVE=K ends the process as a kill would, right after checkpoint-K is written (exit 3).
+
 ALIGNGPT_TRL_PLANT=skip_idle_gate plants a fault for the tests to catch: the alignment module is not run on a
 batch without alignment tokens (text-only), so that rank never uses the gate's weights.
 """
@@ -25,9 +27,38 @@ if os.environ.get("ALIGNGPT_TRL_DUMP"):
 
             modeling_aligngpt.idle_term = lambda out: 0.0
             modeling_aligngpt.AlignGPTLlavaModel.idle_alignment = lambda self, like: None
+        self._batches_seen = []
+        compute_loss = self.compute_loss
+
+        def compute_and_note(model, inputs, *rest, **kw):  # what each micro-batch held: an image or text only
+            self._batches_seen.append("image" if inputs.get("pixel_values") is not None else "text")
+            return compute_loss(model, inputs, *rest, **kw)
+
+        self.compute_loss = compute_and_note
+        self._step_losses = []
+        training_step = self.training_step
+
+        def step_and_note(*a, **kw):  # each micro-batch's loss as training_step returns it, not rounded
+            loss = training_step(*a, **kw)
+            self._step_losses.append(float(loss))
+            return loss
+
+        self.training_step = step_and_note
+        if os.environ.get("ALIGNGPT_TRL_KILL_AFTER_SAVE"):
+            self.add_callback(_KillAfterSave(int(os.environ["ALIGNGPT_TRL_KILL_AFTER_SAVE"])))
         out = _train(self, *args, **kwargs)
         _dump(self, os.environ["ALIGNGPT_TRL_DUMP"])
         return out
+
+    class _KillAfterSave(transformers.TrainerCallback):
+        """Ends the process the way a kill does (no clean-up, no final save) once checkpoint-`step` is written."""
+
+        def __init__(self, step):
+            self.step = step
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == self.step:
+                os._exit(3)
 
     def _dump(trainer, folder):
         import torch
@@ -50,7 +81,8 @@ if os.environ.get("ALIGNGPT_TRL_DUMP"):
                 state[name] = param.detach().clone().float().cpu()
         info = {"rank": rank, "world_size": dist.get_world_size() if distributed else 1,
                 "parallel_mode": str(trainer.args.parallel_mode), "wrapped": type(trainer.model_wrapped).__name__,
-                "trainer": type(trainer).__name__,
+                "trainer": type(trainer).__name__, "batches": trainer._batches_seen,
+                "step_losses": trainer._step_losses,
                 "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
         os.makedirs(folder, exist_ok=True)
         torch.save({"info": info, "state": state}, os.path.join(folder, f"rank{rank}.pt"))
