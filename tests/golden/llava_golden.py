@@ -1,11 +1,12 @@
 """Token ids, label masks and pixels from LLaVA's own preprocessing, for the golden test.
 
-Record the reference once under LLaVA's reference stack (transformers 4.37.2), in a throwaway venv::
+Record the reference once under LLaVA's reference stack (transformers 4.37.2), in a throwaway venv: the
+one ``tools/record_reference_run.sh`` builds (default /tmp/aligngpt-reference-4.37.2: transformers 4.37.2,
+tokenizers 0.15.2, llava-torch 1.2.2.post1, .venv's torch shared) serves::
 
-    python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.14.1 transformers==4.37.2 \
-        sentencepiece protobuf pillow shortuuid requests numpy
-    /tmp/ref/bin/pip install --no-deps llava-torch==1.2.2.post1
-    /tmp/ref/bin/python tests/golden/llava_golden.py tests/golden/reference_4.37.2.json
+    tools/record_reference_run.sh  # builds the venv (and records llava_reference_4.37.2.json)
+    PYTHONPATH=. /tmp/aligngpt-reference-4.37.2/bin/python tests/golden/llava_golden.py \
+        tests/golden/reference_4.37.2.json
 
 `tests/test_golden_tokenization.py` recomputes the same under the installed stack and compares. The
 same command, run under another transformers version, writes its own file for a side-by-side diff.
