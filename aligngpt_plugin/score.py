@@ -15,7 +15,9 @@
 
 Outputs in --output: scores.jsonl (index, id, score), errors.jsonl (records left out and why),
 <data>_levels.json (the data with `align_level` 0..N-1, 0 = lowest similarity), levels.json (N, edges,
-model, counts, sha256 of the input), scores_histogram.png, summary.json; work/ holds the shards. A run that
+model, counts, sha256 of the input), scores_histogram.png, summary.json; with --trl-dataset parquet|folder also
+<data>_levels_trl.parquet or <data>_levels_trl/ (the levelled data in TRL's vision-language format: messages,
+images, align_level; for aligngpt-sft); work/ holds the shards. A run that
 stops for any reason continues where it stopped when started again with the same arguments.
 Independent jobs without torchrun: `--rank R --world-size W` on each (or `--slurm-array` in a Slurm array
 job), then `--merge-only`; a job that died is run again with its rank (merge names what is missing).

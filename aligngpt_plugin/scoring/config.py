@@ -58,6 +58,10 @@ class ScoreConfig:
     min_score: float | None = field(default=None, metadata={
         "help": "also write the dataset filtered to records scoring at least S (with --keep-top: both hold)",
         "metavar": "S"})
+    trl_dataset: Literal["none", "parquet", "folder"] = field(default="none", metadata={
+        "help": "JSON input: also write the levelled data in TRL's vision-language format (messages, images, "
+                "align_level), for aligngpt-sft or TRL's SFTTrainer: a Parquet file (<data>_levels_trl.parquet) or "
+                "a datasets save_to_disk folder (<data>_levels_trl/); images are stored as absolute paths"})
     overwrite: bool = field(default=False, metadata={"help": "discard a previous run's shards in output_dir"})
     merge: bool = field(default=True, metadata={"help": "write the outputs after scoring (rank 0)"})
     rank: int | None = field(default=None, metadata={"help": "this job's shard, for jobs run without torchrun"})
@@ -74,6 +78,11 @@ class ScoreConfig:
         if self.image_folder is not None and self.shard_input:
             raise ValueError(f"{self.data_path} names webdataset shards, which hold their images: drop --images "
                              f"{self.image_folder}")
+        if self.trl_dataset not in ("none", "parquet", "folder"):
+            raise ValueError(f"trl_dataset={self.trl_dataset!r}; choose none, parquet or folder")
+        if self.trl_dataset != "none" and self.shard_input:
+            raise ValueError("--trl-dataset converts LLaVA JSON input; webdataset shards hold their images in the tar "
+                             "files (convert the levelled JSON of a JSON run instead)")
         if self.embeddings and not self.shard_input:
             raise ValueError("embeddings are written into the per-shard parquet files: webdataset input only")
         if self.caption not in CAPTION_MODES:

@@ -1,7 +1,8 @@
 """The outputs of a scoring run, from its finished units (sources.py says what each kind of input writes):
 levels.json, the histogram and the filtered data, each written atomically; for JSON input also scores.jsonl,
-errors.jsonl and the dataset with `align_level` (for webdataset input the per-shard parquet and errors files
-are the scores and errors). One merge for both kinds of input."""
+errors.jsonl and the dataset with `align_level`, and with --trl-dataset the same data in TRL's vision-language
+format (for webdataset input the per-shard parquet and errors files are the scores and errors). One merge for
+both kinds of input."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def merge_outputs(config: ScoreConfig, source: Source) -> ScoreSummary:
     counts = level_counts(levels, num_levels)
     threshold = filter_threshold(scores, config.keep_top, config.min_score)
     filtered = source.write_datasets(paths, levels, scores, threshold)
+    if config.trl_dataset != "none":
+        paths["trl_dataset"] = write_trl_dataset(config, paths["dataset"])
     levels_file = LevelsFile(
         num_levels=num_levels, edges=edges, model=config.model, pretrained=config.pretrained, counts=counts,
         input_path=str(config.data_path), input_sha256=source.identity(), records=source.records(),
@@ -57,6 +60,54 @@ def merge_outputs(config: ScoreConfig, source: Source) -> ScoreSummary:
     return ScoreSummary(records=source.records(), scored=int(scores.size), errors=levels_file.errors,
                         counts=counts, edges=edges, outputs={k: str(v) for k, v in paths.items()},
                         filtered=filtered, filter_threshold=threshold)
+
+
+def write_trl_dataset(config: ScoreConfig, levelled: Path) -> Path:
+    """The levelled LLaVA data (`levelled`, with `align_level`) in TRL's vision-language format, written
+    atomically beside it: <data>_levels_trl.parquet, or the folder <data>_levels_trl/ (save_to_disk).
+
+    Args:
+        config: the run's config (`trl_dataset`: "parquet" or "folder"; `image_folder`).
+        levelled: the levelled JSON / JSON Lines file this merge wrote.
+    Returns:
+        The path written.
+    Raises:
+        ScoreError naming a record that has no place in TRL's format.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from aligngpt_plugin.core.trl_format import RecordError, llava_to_trl_record, to_trl_dataset
+    from aligngpt_plugin.scoring.records import iter_records
+
+    folder = Path(config.image_folder).resolve()  # absolute: the dataset is read from anywhere
+    try:
+        rows = [llava_to_trl_record(record, index, folder)
+                for index, (_, record) in enumerate(iter_records(levelled))]
+    except RecordError as e:
+        raise ScoreError(f"--trl-dataset: {e} (in {levelled}); fix the record or drop --trl-dataset") from e
+    dataset = to_trl_dataset(rows)
+    stem = levelled.name.rsplit(".", 1)[0]
+    if config.trl_dataset == "parquet":
+        target = levelled.parent / f"{stem}_trl.parquet"
+        with atomic_path(target) as tmp:
+            dataset.to_parquet(str(tmp))
+        return target
+    target = levelled.parent / f"{stem}_trl"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=levelled.parent))
+    try:  # the whole folder, then one rename: a reader sees the old folder or the new one
+        dataset.save_to_disk(str(tmp))
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old.{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _who_finishes(config: ScoreConfig, unit: str, missing: list[int]) -> str:
