@@ -22,8 +22,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -165,22 +168,87 @@ def _keep_columns(trainer) -> None:
     trainer._signature_columns = [*DATA_COLUMNS, text_field]
 
 
+def checkpoint_state(folder: str | Path) -> dict[str, torch.Tensor] | None:
+    """The full model weights of a Trainer checkpoint folder (safetensors, one file or sharded), or None where
+    it holds none (a PEFT adapter, DeepSpeed's own files)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        state = {}
+        for name in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(folder / name))
+        return state
+    return None
+
+
+def load_model_checkpoint(model, folder: str | Path) -> bool:
+    """Load a checkpoint's full weights into `model`, renaming saved keys as `from_pretrained` does.
+
+    transformers 4.57's `save_pretrained` writes Llava's weights under their legacy names
+    (`language_model.model.*`, `language_model.lm_head.*`, `vision_tower.*`, `multi_modal_projector.*`), which
+    `Trainer._load_from_checkpoint` loads with `strict=False` as they are: every LLM, tower and projector weight
+    is then "missing", only a warning says so, and the resumed run goes on from the start weights
+    (huggingface/transformers#43701). Here each key goes through the model's `_checkpoint_conversion_mapping`
+    first, and any weight still missing or left over is an error.
+
+    Args:
+        model: the (unwrapped, non-PEFT) model being trained.
+        folder: the checkpoint folder.
+    Returns:
+        True if loaded here; False where the folder holds no full model weights or the model has no mapping
+        (transformers 5.x saves the model's own names): the Trainer's own loading applies.
+    Raises:
+        RuntimeError naming the weights that do not match.
+    """
+    mapping = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+    state = checkpoint_state(folder) if mapping else None
+    if state is None:
+        return False
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in mapping.items():
+            new, count = re.subn(pattern, replacement, key)
+            if count:
+                key = new
+                break
+        renamed[key] = value
+    result = model.load_state_dict(renamed, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) if model.config.get_text_config().tie_word_embeddings \
+        else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected "
+                           f"{result.unexpected_keys[:5]}")
+    return True
+
+
+class _AlignGPTTrainerMixin:
+    """What both trainers add: keep the collator's columns; resume with every weight restored."""
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            _keep_columns(self)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.model if model is None else model
+        if _is_peft(target) or not load_model_checkpoint(target, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+
+
 def _trainer_classes():
     from trl import SFTTrainer
 
-    class AlignGPTSFTTrainer(SFTTrainer):
-        """SFTTrainer that keeps the `align_level` column and collates with `AlignGPTVisionCollator`."""
+    class AlignGPTSFTTrainer(_AlignGPTTrainerMixin, SFTTrainer):
+        """SFTTrainer that keeps the `align_level` column, collates with `AlignGPTVisionCollator` and resumes
+        with every weight restored."""
 
-        def _set_signature_columns_if_needed(self):
-            if self._signature_columns is None:
-                _keep_columns(self)
-
-    class AlignGPTTrainer(transformers.Trainer):
-        """transformers' Trainer that keeps the columns `AlignGPTVisionCollator` reads."""
-
-        def _set_signature_columns_if_needed(self):
-            if self._signature_columns is None:
-                _keep_columns(self)
+    class AlignGPTTrainer(_AlignGPTTrainerMixin, transformers.Trainer):
+        """transformers' Trainer that keeps the columns `AlignGPTVisionCollator` reads and resumes with every
+        weight restored."""
 
     return AlignGPTSFTTrainer, AlignGPTTrainer
 
