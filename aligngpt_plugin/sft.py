@@ -122,6 +122,14 @@ def run(script_args, training_args, model_args, align_args) -> int:
     out = Path(training_args.output_dir)
     merge = model_args.use_peft and align_args.align_merge_lora and not (model_args.load_in_4bit
                                                                           or model_args.load_in_8bit)
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if merge and plugin is not None and plugin.zero_stage == 3:
+        # each rank holds a partition of the base weights: save the adapter; merge it in one process after
+        merge = False
+        if trainer.accelerator.is_main_process:
+            print("aligngpt-sft: ZeRO-3 holds partitioned weights: the LoRA adapter (with the projector and the "
+                  "alignment module) is saved unmerged; merge it in one process with peft's PeftModel.from_pretrained"
+                  "(base, output_dir).merge_and_unload().save_pretrained(...)")
     if merge:
         if trainer.accelerator.is_main_process:
             merged_for_saving(trainer.model).save_pretrained(out)
