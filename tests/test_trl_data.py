@@ -109,3 +109,11 @@ def test_load_sft_dataset_reads_a_folder_a_parquet_file_and_llava_json(tmp_path)
     (tmp_path / "notes.txt").write_text(json.dumps([]))
     with pytest.raises(RecordError, match="not a dataset folder"):
         load_sft_dataset(tmp_path / "notes.txt")
+
+
+def test_the_image_check_can_look_for_files_only_or_not_at_all(tmp_path):
+    dataset = bad_data(tmp_path).select([0, 2, 4, 5])  # r4: missing file, r5: truncated file
+    assert check_records(dataset, num_levels=4, stage=2, on_bad="skip", images="decode", threads=1)[1] == 2
+    kept, skipped = check_records(dataset, num_levels=4, stage=2, on_bad="skip", images="exists")
+    assert skipped == 1 and kept["id"] == ["r0", "r2", "r5"]
+    assert check_records(dataset, num_levels=4, stage=2, images="none")[1] == 0

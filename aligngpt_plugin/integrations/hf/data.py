@@ -106,9 +106,10 @@ def load_sft_dataset(path: str | Path, split: str = "train", image_folder: str |
     raise RecordError(f"{path}: not a dataset folder, .parquet, .json or .jsonl file")
 
 
-def _image_problem(image: Any) -> str | None:
-    """Why an image entry cannot be read (None if it decodes). `image` is what the Image feature holds without
-    decoding ({"path", "bytes"}), a path string, or a PIL image."""
+def _image_problem(image: Any, mode: str = "decode") -> str | None:
+    """Why an image entry cannot be read (None if it can). `image` is what the Image feature holds without
+    decoding ({"path", "bytes"}), a path string, or a PIL image; `mode` "decode" decodes it (at 1/8 scale for
+    JPEG), "exists" only looks for the file."""
     from PIL import Image
 
     if image is None:
@@ -118,6 +119,8 @@ def _image_problem(image: Any) -> str | None:
     data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (None, str(image))
     if data is None and (not path or not Path(path).is_file()):
         return f"image {path!r} does not exist"
+    if mode == "exists":
+        return None
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as picture:
             picture.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; a truncated or corrupt file still fails
@@ -125,6 +128,27 @@ def _image_problem(image: Any) -> str | None:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         return f"image {path or '(embedded bytes)'!r} cannot be read ({type(e).__name__}: {e})"
     return None
+
+
+def _image_problems(rows, column: str | None, mode: str, threads: int | None) -> dict[int, str]:
+    """{row index: the first problem of its images} over `rows` (the image column undecoded), in a thread pool."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if column is None or mode == "none":
+        return {}
+    entries = []
+    for index, value in enumerate(rows[column]):
+        values = ([] if value is None else [value]) if column == "image" else list(value or [])
+        entries.extend((index, image) for image in values)
+    threads = threads or min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = pool.map(lambda entry: _image_problem(entry[1], mode), entries, chunksize=64)
+        problems: dict[int, str] = {}
+        for (index, _), problem in zip(entries, found):
+            if problem and index not in problems:
+                problems[index] = problem
+    return problems
 
 
 def _placeholders(row: dict[str, Any]) -> int | None:
@@ -135,7 +159,8 @@ def _placeholders(row: dict[str, Any]) -> int | None:
     return sum(1 for t in turns for block in (t.get("content") or []) if block.get("type") == "image")
 
 
-def check_records(dataset, num_levels: int, stage: int | str, on_bad: str = "error"):
+def check_records(dataset, num_levels: int, stage: int | str, on_bad: str = "error", images: str = "decode",
+                  threads: int | None = None):
     """Check every record before training starts; stop at a bad one, or drop and count the bad ones.
 
     A record is bad when its `align_level` is outside 0..num_levels-1, when it has an image but no level in
@@ -147,6 +172,10 @@ def check_records(dataset, num_levels: int, stage: int | str, on_bad: str = "err
         num_levels: N, the model's number of levels (`config.alignment["num_levels"]`).
         stage: 1 / "pretrain" or 2 / "finetune".
         on_bad: "error" (raise at the first bad record) or "skip" (drop the bad records, log how many and why).
+        images: "decode" (open and decode every image: catches truncated and corrupt files), "exists" (only
+            look for the files) or "none" (no image check).
+        threads: image checks run in this many threads (default: the CPU count, at most 16; decoding releases
+            the GIL).
     Returns:
         (dataset, skipped): the dataset (without the bad records under "skip") and how many were dropped.
     Raises:
@@ -156,6 +185,8 @@ def check_records(dataset, num_levels: int, stage: int | str, on_bad: str = "err
 
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad={on_bad!r}; choose error or skip")
+    if images not in ("decode", "exists", "none"):
+        raise ValueError(f"images={images!r}; choose decode, exists or none")
     if stage not in STAGE_NAMES:
         raise ValueError(f"stage={stage!r}; choose 1 (pretrain) or 2 (finetune)")
     pretrain = STAGE_NAMES[stage] == "pretrain"
@@ -171,24 +202,26 @@ def check_records(dataset, num_levels: int, stage: int | str, on_bad: str = "err
         elif isinstance(getattr(feature, "feature", None), datasets.Image):
             view = view.cast_column(column, datasets.List(datasets.Image(decode=False)))
     wanted = [c for c in (column, ALIGN_LEVEL, "id", "messages", "prompt", "completion") if c in view.column_names]
+    rows = view.select_columns(wanted)
+    image_problems = _image_problems(rows, column, images, threads)
     bad: list[tuple[int, str]] = []
-    for index, row in enumerate(view.select_columns(wanted)):
-        images = row.get(column) if column else None
-        images = ([] if images is None else [images]) if column == "image" else list(images or [])
+    for index, row in enumerate(rows):
+        row_images = row.get(column) if column else None
+        row_images = ([] if row_images is None else [row_images]) if column == "image" else list(row_images or [])
         level = row.get(ALIGN_LEVEL)
         problem = None
         if level is not None and not 0 <= int(level) < num_levels:
             problem = (f"`{ALIGN_LEVEL}` {level} is outside 0..{num_levels - 1} (the model has {num_levels} levels: "
                        f"score the data with --levels {num_levels}, or pass the matching model)")
-        elif pretrain and images and level is None:
+        elif pretrain and row_images and level is None:
             problem = (f"no `{ALIGN_LEVEL}`: stage 1 needs each image's level (score the data with aligngpt-score, "
                        "or drop the record with --align_bad_records skip)")
         else:
             count = _placeholders(row)
-            if count is not None and count != len(images):
-                problem = f"{len(images)} image(s) but {count} {{'type': 'image'}} block(s) in its messages"
+            if count is not None and count != len(row_images):
+                problem = f"{len(row_images)} image(s) but {count} {{'type': 'image'}} block(s) in its messages"
             else:
-                problem = next((p for p in map(_image_problem, images) if p), None)
+                problem = image_problems.get(index)
         if problem:
             where = record_label(row, index)
             if on_bad == "error":

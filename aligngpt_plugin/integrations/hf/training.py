@@ -58,6 +58,9 @@ class AlignSFTArguments:
     align_bad_records: Literal["error", "skip"] = field(default="error", metadata={
         "help": "a record with a level outside 0..N-1, without a level in stage 1, or with a missing or unreadable "
                 "image: stop before the first step naming it (error), or drop it and count it (skip)"})
+    align_check_images: Literal["decode", "exists", "none"] = field(default="decode", metadata={
+        "help": "before the first step, decode every image (catches missing, truncated and corrupt files; JPEGs "
+                "at 1/8 scale, in threads), only look for the files (exists), or skip the image check (none)"})
     align_add_bos: bool = field(default=True, metadata={
         "help": "put the tokenizer's BOS first in rows where the chat template renders none (TRL tokenizes with "
                 "add_special_tokens=False), as inference and the LLaVA-original path do; the alignment token "
@@ -77,6 +80,8 @@ class AlignSFTArguments:
             raise ValueError(f"--align_stage {self.align_stage}: choose 1 (pre-training) or 2 (instruction tuning)")
         if self.align_bad_records not in ("error", "skip"):
             raise ValueError(f"--align_bad_records {self.align_bad_records}: choose error or skip")
+        if self.align_check_images not in ("decode", "exists", "none"):
+            raise ValueError(f"--align_check_images {self.align_check_images}: choose decode, exists or none")
         if self.align_trainer not in ("trl", "hf"):
             raise ValueError(f"--align_trainer {self.align_trainer}: choose trl or hf")
 
@@ -278,9 +283,10 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
         raise ValueError(f"trainer={trainer!r}; choose trl or hf")
     stage = align_args.align_stage
     num_levels = int(_unwrap(model).config.alignment["num_levels"])
-    train_dataset, skipped = check_records(train_dataset, num_levels, stage, align_args.align_bad_records)
+    check = {"on_bad": align_args.align_bad_records, "images": align_args.align_check_images}
+    train_dataset, skipped = check_records(train_dataset, num_levels, stage, **check)
     if eval_dataset is not None:
-        eval_dataset, _ = check_records(eval_dataset, num_levels, stage, align_args.align_bad_records)
+        eval_dataset, _ = check_records(eval_dataset, num_levels, stage, **check)
     if peft_config is not None:
         if stage == 1:
             raise ValueError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for "
