@@ -21,7 +21,8 @@ def shell(command: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_every_console_script_is_installed_and_a_command():
     assert sorted(SCRIPTS) == ["aligngpt-analyze", "aligngpt-convert", "aligngpt-demo", "aligngpt-eval",
-                               "aligngpt-fixtures", "aligngpt-llava-eval", "aligngpt-score", "aligngpt-train"]
+                               "aligngpt-fixtures", "aligngpt-llava-eval", "aligngpt-score", "aligngpt-sft",
+                               "aligngpt-train"]
     for name, target in SCRIPTS.items():
         module = target.split(":")[0]
         assert module.count(".") == 1, f"{name} -> {target}: commands live at the package's top level"
@@ -56,6 +57,7 @@ def test_a_successful_command_lets_the_next_one_run(tmp_path):
     ("aligngpt-eval check pope --eval-dir /nowhere", "pope"),
     ("aligngpt-llava-eval", "usage"),
     ("aligngpt-analyze --model /nowhere --images /nowhere --out OUT", "/nowhere"),
+    ("aligngpt-sft --model_name_or_path /nowhere --dataset_name data.json --output_dir OUT", "/nowhere"),
 ])
 def test_a_failing_command_exits_non_zero_with_a_message(command, message, tmp_path):
     proc = shell(f"{command} && echo NEXT", cwd=tmp_path)

@@ -150,13 +150,19 @@ def test_importing_transformers_after_the_package_registers_the_aligngpt_types()
 
 @pytest.mark.parametrize("first", ["aligngpt_plugin.integrations.llava.configuration",
                                    "aligngpt_plugin.integrations.hf.configuration_aligngpt",
+                                   "aligngpt_plugin.integrations.hf.processing_aligngpt",
+                                   "aligngpt_plugin.integrations.hf.modeling_aligngpt",
+                                   "aligngpt_plugin.integrations.hf.training", "aligngpt_plugin.sft",
                                    "aligngpt_plugin.integrations.llava.loader", "aligngpt_plugin.conversion.released"])
 def test_a_module_that_imports_transformers_first_still_loads_and_registers(first):
     """The registration runs inside transformers' import; when that import comes from a module registration
     itself needs, the module registers at its own end instead of being re-entered half loaded."""
     code = (f"import {first}\n"
             "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
-            "print('llava_aligngpt' in CONFIG_MAPPING, 'aligngpt_llava' in CONFIG_MAPPING)\n")
+            "from transformers.models.auto.processing_auto import PROCESSOR_MAPPING\n"
+            "from aligngpt_plugin.integrations.hf.configuration_aligngpt import AlignGPTLlavaConfig\n"
+            "print('llava_aligngpt' in CONFIG_MAPPING, 'aligngpt_llava' in CONFIG_MAPPING,\n"
+            "      PROCESSOR_MAPPING[AlignGPTLlavaConfig].__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.split() == ["True", "True", "AlignGPTLlavaProcessor"]

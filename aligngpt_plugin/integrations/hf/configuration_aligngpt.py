@@ -57,14 +57,34 @@ def _register_model_classes() -> None:
 
 def register() -> None:
     """Register the config type with AutoConfig and the processor with AutoProcessor (idempotent)."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if MODEL_TYPE not in CONFIG_MAPPING:
         AutoConfig.register(MODEL_TYPE, AlignGPTLlavaConfig)
-        from aligngpt_plugin.integrations.hf.processing_aligngpt import AlignGPTLlavaProcessor
+    register_processor()
 
-        AutoProcessor.register(AlignGPTLlavaConfig, AlignGPTLlavaProcessor)
+
+def register_processor(processor_class: type | None = None) -> None:
+    """Register `AlignGPTLlavaProcessor` with AutoProcessor (idempotent).
+
+    Args:
+        processor_class: the class, given by the processor's own module at its end. Without it the module is
+            imported here, unless it is half loaded (its import pulled transformers in, which registers):
+            then it registers itself when done, rather than being re-entered now.
+    """
+    import sys
+
+    from transformers import AutoProcessor
+
+    if processor_class is None:
+        name = "aligngpt_plugin.integrations.hf.processing_aligngpt"
+        loading = sys.modules.get(name)
+        if loading is not None and getattr(loading.__spec__, "_initializing", False):
+            return
+        from aligngpt_plugin.integrations.hf.processing_aligngpt import AlignGPTLlavaProcessor as processor_class
+
+    AutoProcessor.register(AlignGPTLlavaConfig, processor_class, exist_ok=True)
 
 
 register()  # idempotent; see aligngpt_plugin/__init__.py for when it runs

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from transformers import LlavaProcessor
 from transformers.feature_extraction_utils import BatchFeature
 
-from aligngpt_plugin.integrations.hf.configuration_aligngpt import ALIGNMENT_TOKEN
+from aligngpt_plugin.integrations.hf.configuration_aligngpt import ALIGNMENT_TOKEN, register_processor
 
 # what the text tokenizer's `pad` takes; everything else goes to the LlavaProcessor call
 _PADDING_KWARGS = ("padding", "pad_to_multiple_of", "padding_side")
@@ -85,3 +85,6 @@ class AlignGPTLlavaProcessor(LlavaProcessor):
     @property
     def model_input_names(self) -> list[str]:
         return [*super().model_input_names, "alignment_levels"]
+
+
+register_processor(AlignGPTLlavaProcessor)  # idempotent; if this module's import pulled transformers in, it waited
