@@ -42,8 +42,9 @@ text-only, single-turn), 3 steps each. What had to be reconciled, and how:
   into 576 tokens), so the sequences line up; the mask keeps padding out of both;
 - order and dropout: one step holds all 4 records (batch 4; LLaVA's `--group_by_modality_length` off in
   stage 2), so the sampler's order changes only the order of the sum; the tiny Llama and CLIP have no
-  dropout. Step 1 runs at learning rate 0 (1 warm-up step of 3: ceil(0.03 x 3)), so steps 1 and 2 share their
-  loss on both sides.
+  dropout. Step 1 runs at learning rate 0 (1 warm-up step of 3: LLaVA's `--warmup_ratio 0.03` gives
+  ceil(0.03 x 3); the TRL run says `--warmup_steps 1`, as transformers 5 has no `--warmup_ratio`), so steps 1
+  and 2 share their loss on both sides.
 Tolerance on each step's loss: stage 1 2e-5 (~2e-6 relative; measured 5e-6), stage 2 5e-6 (measured 1e-6,
 step 1 bit-identical): the two models add the same fp32 numbers in another order (LLaVA concatenates
 embeddings, transformers' Llava scatters them into the `<image>` slots).
@@ -109,7 +110,7 @@ def trl_stage1(start, tiny, data: Path, out: Path, template: str) -> dict:
                  "--dataset_name", str(data), "--image_folder", str(tiny.images), "--align_stage", "1",
                  "--chat_template_path", str(out.parent / "plain.jinja"), "--output_dir", str(out),
                  "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH), "--learning_rate", LR,
-                 "--weight_decay", "0.", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
+                 "--weight_decay", "0.", "--warmup_steps", "1", "--lr_scheduler_type", "cosine",
                  "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
                  "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(out.parent / "dump"))
     return rank_dumps(out.parent / "dump", 1)[0]
@@ -178,7 +179,7 @@ def test_stage2_losses_per_step_equal_the_llava_original_path(start, tiny, instr
                  "--dataset_name", str(instructions["trl"]), "--align_stage", "2",
                  "--chat_template_path", str(tmp_path / "v1.jinja"), "--output_dir", str(tmp_path / "out"),
                  "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH), "--learning_rate", "1e-4",
-                 "--weight_decay", "0.", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
+                 "--weight_decay", "0.", "--warmup_steps", "1", "--lr_scheduler_type", "cosine",
                  "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
                  "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(tmp_path / "dump"))
     ours, theirs = rank_dumps(tmp_path / "dump", 1)[0], llava_stage2
