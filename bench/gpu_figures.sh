@@ -41,3 +41,12 @@ if python3 -c "import flash_attn" 2>/dev/null; then
 else
     echo "== hf_step_time_7b_slice_fa2: flash_attn does not import here; skipped" | tee "$out/hf_step_time_7b_slice_fa2.log"
 fi
+# the TRL path (SFT collator + HF-native AlignGPT) against the LLaVA-original path, one stage-2 step each, alternating
+run trl_step_time_7b_slice_sdpa python3 bench/trl_step_time.py --shape 7b-slice --device cuda --dtype bfloat16 \
+    --attn sdpa --json "$out/trl_step_time_7b_slice_sdpa.json"
+if python3 -c "import flash_attn" 2>/dev/null; then
+    run trl_step_time_7b_slice_fa2 python3 bench/trl_step_time.py --shape 7b-slice --device cuda --dtype bfloat16 \
+        --attn flash_attention_2 --json "$out/trl_step_time_7b_slice_fa2.json"
+else
+    echo "== trl_step_time_7b_slice_fa2: flash_attn does not import here; skipped" | tee "$out/trl_step_time_7b_slice_fa2.log"
+fi
