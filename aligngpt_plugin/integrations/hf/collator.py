@@ -28,11 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from aligngpt_plugin.core.trl_format import ALIGN_LEVEL
 
 IGNORE_INDEX = -100
+# the first transformers whose processors give right assistant masks on image data (TRL's own bound)
+_ASSISTANT_MASKS_FROM = "5.18.0.dev0"
 
 __all__ = ["AlignGPTVisionCollator"]
 
@@ -59,6 +63,12 @@ class AlignGPTVisionCollator(DataCollatorForVisionLanguageModeling):
         if token_id is None:
             raise TypeError(f"{type(self.processor).__name__} inserts no alignment token: give the AlignGPT model's "
                             "processor (AutoProcessor.from_pretrained on an HF-native AlignGPT folder)")
+        # SFTTrainer refuses this too, but the collator also serves the plain Trainer: older processors map the
+        # template's assistant spans onto the image-expanded text wrongly (every label masked, or an IndexError)
+        if self.assistant_only_loss and Version(transformers.__version__) < Version(_ASSISTANT_MASKS_FROM):
+            raise ValueError(f"assistant_only_loss on image data needs transformers>={_ASSISTANT_MASKS_FROM} "
+                             f"(installed: {transformers.__version__}): upgrade transformers or set "
+                             "assistant_only_loss=False")
 
     @classmethod
     def from_trl(cls, collator: DataCollatorForVisionLanguageModeling, **overrides) -> AlignGPTVisionCollator:
