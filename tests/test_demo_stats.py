@@ -176,3 +176,17 @@ def test_gate_kind_test_against_a_hand_computed_pseudo_f():
     assert separated["p"] == pytest.approx(1 / 100) and separated["max_level_spread"] == pytest.approx(0.2)
     same = gate_kind_test([[0.5, 0.5]] * 40, kinds, permutations=99)
     assert same["p"] == 1.0 and same["max_level_spread"] == 0
+
+
+def test_stouffer_survives_one_sided_leads_beyond_float_rounding():
+    """A seed where one model is ahead on all of 100 discordant questions: mid-p = 2**-101, which 1 - p
+    rounds away (the demo's statistics crashed on it, 200 questions a kind); z is Phi^-1(1 - 2**-101),
+    between 11 and 12 (Phi(-11) = 1.9e-28 > 2**-101 = 3.9e-31 > Phi(-12) = 1.8e-33)."""
+    from statistics import NormalDist
+
+    from aligngpt_plugin.devkit.demo_stats import stouffer
+
+    ahead, behind = stouffer([(100, 0)]), stouffer([(0, 100)])
+    expected = -NormalDist().inv_cdf(2.0 ** -101)  # by hand: the one-sided mid-p of 100 of 100
+    assert ahead["z"] == pytest.approx(expected) and behind["z"] == pytest.approx(-expected)
+    assert 11 < expected < 12 and ahead["p"] == pytest.approx(0.0, abs=1e-20)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
 from pathlib import Path
 from statistics import NormalDist
 
@@ -70,6 +71,16 @@ def sign_test(differences: list[float]) -> dict:
             "p": binomial_two_sided(pos, pos + neg), "min_p": binomial_two_sided(0, pos + neg)}
 
 
+def _one_sided_z(a: int, b: int, normal: NormalDist) -> float:
+    """Phi^-1(1 - mid-p of a ahead), from the smaller tail: 1 - p rounds to 1.0 once one side leads by
+    ~55 or more (a z of about 8), where Phi^-1 fails; the two mid-p tails at 1/2 sum to 1, so the other
+    tail gives it without the rounding (floored at the smallest float: about 38 sd)."""
+    greater = binomial_mid_p_greater(a, a + b)
+    if greater <= 0.5:
+        return -normal.inv_cdf(max(greater, sys.float_info.min))
+    return normal.inv_cdf(max(binomial_mid_p_greater(b, a + b), sys.float_info.min))
+
+
 def stouffer(counts: list[tuple[int, int]]) -> dict:
     """Stouffer's combination of exact one-sided tests, one per seed: `counts` holds (a_ahead, b_ahead)
     (discordant counts, or positive/negative signs); each gives z = Phi^-1(1 - mid-p of a_ahead);
@@ -77,7 +88,7 @@ def stouffer(counts: list[tuple[int, int]]) -> dict:
     if not counts:
         return {"z": float("nan"), "p": 1.0}
     normal = NormalDist()
-    zs = [normal.inv_cdf(1 - binomial_mid_p_greater(a, a + b)) for a, b in counts]
+    zs = [_one_sided_z(a, b, normal) for a, b in counts]
     z = sum(zs) / math.sqrt(len(zs))
     return {"z": z, "p": min(1.0, 2 * (1 - normal.cdf(abs(z))))}
 
