@@ -2,25 +2,17 @@
 all), in both integrations: the alignment module draws from a private stream (core/alignment.py), so
 building it does not move the global RNG that the projector and the rest are drawn from afterwards.
 
-The models' weight init (transformers' `_init_weights`) still draws the gate's Linear layers from the
-global RNG before the module's own `reset_parameters` redraws them: until both integrations leave those
-layers to the module (`core.alignment.is_alignment_layer`), these checks fail, and are marked so
-(strict: they fail the suite once the integrations are fixed, so the mark goes with the fix).
+The models' weight init (transformers' `_init_weights`) leaves the gate's layers to the module
+(`core.alignment.is_alignment_layer`); without that it draws them from the global RNG first and these fail.
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import aligngpt_plugin  # noqa: F401  (registers the config types)
 
-MODELS_DRAW_THE_GATE = pytest.mark.xfail(
-    strict=True, reason="the integrations' _init_weights draw the gate's Linear layers from the global RNG "
-                        "(they should skip core.alignment.is_alignment_layer modules)")
 
-
-@MODELS_DRAW_THE_GATE
 def test_llava_original_aligngpt_draws_plain_llavas_projector_for_the_same_seed(tiny, llava_ready):
     """As LLaVA's train() builds each model after the plugin seeded every RNG with --seed (the LLM from
     its checkpoint, the alignment module new), then `initialize_vision_modules` draws the projector."""
@@ -53,7 +45,6 @@ def test_llava_original_aligngpt_draws_plain_llavas_projector_for_the_same_seed(
         assert torch.equal(ours[key], value), key
 
 
-@MODELS_DRAW_THE_GATE
 def test_hf_native_aligngpt_equals_transformers_llava_for_the_same_seed():
     """AlignGPTLlavaForConditionalGeneration and transformers' LlavaForConditionalGeneration built from the
     same configuration (AlignGPT's less its alignment settings) after the same seed: every weight they

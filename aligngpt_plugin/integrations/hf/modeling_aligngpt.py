@@ -30,7 +30,7 @@ from transformers.models.llava.modeling_llava import (
     LlavaPreTrainedModel,
 )
 
-from aligngpt_plugin.core.alignment import AlignmentModule, AlignmentOutput, idle_term, masked_mean
+from aligngpt_plugin.core.alignment import AlignmentModule, AlignmentOutput, idle_term, is_alignment_layer, masked_mean
 from aligngpt_plugin.integrations.hf.configuration_aligngpt import AlignGPTLlavaConfig
 
 IGNORE_INDEX = -100
@@ -67,7 +67,7 @@ class AlignGPTLlavaModel(LlavaModel):
     def _init_weights(self, module):
         if isinstance(module, AlignmentModule):
             module.reset_parameters()
-        else:
+        elif not is_alignment_layer(module):  # the gate's layers: the module draws them from its own stream
             super()._init_weights(module)
 
     def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
@@ -236,7 +236,7 @@ class AlignGPTLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def _init_weights(self, module):
         if isinstance(module, AlignmentModule):
             module.reset_parameters()
-        else:
+        elif not is_alignment_layer(module):  # the gate's layers: the module draws them from its own stream
             super()._init_weights(module)
 
     def forward(self, input_ids: torch.LongTensor | None = None, labels: torch.LongTensor | None = None,

@@ -35,7 +35,7 @@ from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM, Ll
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, MistralForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from aligngpt_plugin.core.alignment import AlignmentModule, full_weights, idle_term, masked_mean
+from aligngpt_plugin.core.alignment import AlignmentModule, full_weights, idle_term, is_alignment_layer, masked_mean
 from aligngpt_plugin.integrations.llava.configuration import (
     MODEL_TYPE,
     AlignGPTConfig,
@@ -98,7 +98,7 @@ class AlignGPTModelMixin:
         # model's _init_weights; the alignment module has its own init (Xavier-uniform levels)
         if isinstance(module, AlignmentModule):
             module.reset_parameters()
-        else:
+        elif not is_alignment_layer(module):  # the gate's layers: the module draws them from its own stream
             super()._init_weights(module)
 
 
@@ -170,7 +170,7 @@ class AlignGPTForCausalLMMixin:
     def _init_weights(self, module):
         if isinstance(module, AlignmentModule):
             module.reset_parameters()
-        else:
+        elif not is_alignment_layer(module):  # the gate's layers: the module draws them from its own stream
             super()._init_weights(module)
 
     def use_fixed_level(self, level: int) -> None:
