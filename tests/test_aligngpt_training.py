@@ -193,8 +193,13 @@ def test_without_the_flag_training_is_llavas_to_the_last_digit(tiny, tmp_path, t
     b = torch.load(tmp_path / "llava" / "mm_projector.bin", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("alignment" in k for k in a)
-    # and the flag does change the run: the alignment token is in the sequence
-    assert pipeline.logged_losses(trained("llama")[1]) != plugin
+    # and the flag does change the run: the same seed now gives both the same start projector (the alignment
+    # module draws from its own stream), and at init the token moves the logged loss less than its 4 decimals,
+    # so the evidence is the weights: the levels are saved, and the token in the sequence changed the
+    # projector's gradients
+    flagged = torch.load(trained("llama")[1] / "mm_projector.bin", weights_only=True)
+    assert any("alignment" in k for k in flagged)
+    assert any(not torch.equal(flagged[k], a[k]) for k in a)
 
 
 def test_gate_options_reach_the_model_through_train(trained, tiny, tmp_path):
