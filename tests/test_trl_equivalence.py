@@ -45,7 +45,7 @@ text-only, single-turn), 3 steps each. What had to be reconciled, and how:
   dropout. Step 1 runs at learning rate 0 (1 warm-up step of 3: LLaVA's `--warmup_ratio 0.03` gives
   ceil(0.03 x 3); the TRL run says `--warmup_steps 1`, as transformers 5 has no `--warmup_ratio`), so steps 1
   and 2 share their loss on both sides.
-Tolerance on each step's loss: stage 1 2e-5 (~2e-6 relative; measured 5e-6), stage 2 5e-6 (measured 1e-6,
+Tolerance on each step's loss: stage 1 2e-5 (~2e-6 relative; measured 5e-6), stage 2 2e-5 (measured 1e-6 to 5.7e-6,
 step 1 bit-identical): the two models add the same fp32 numbers in another order (LLaVA concatenates
 embeddings, transformers' Llava scatters them into the `<image>` slots).
 Final weights are not compared element-wise: AdamW's first steps move each weight by about lr x sign(gradient),
@@ -184,8 +184,9 @@ def test_stage2_losses_per_step_equal_the_llava_original_path(start, tiny, instr
                  "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(tmp_path / "dump"))
     ours, theirs = rank_dumps(tmp_path / "dump", 1)[0], llava_stage2
     assert len(ours["info"]["step_losses"]) == len(theirs["info"]["step_losses"]) == STEPS
-    # 5e-6 (measured 1e-6; step 1 bit-identical): the prompt's space piece before "\n" missing moves them by 3.4e-5
-    assert ours["info"]["step_losses"] == pytest.approx(theirs["info"]["step_losses"], abs=5e-6)
+    # 2e-5, as stage 1 (~16 fp32 steps at a loss near 10; measured 1e-6 and, with other start weights, 5.7e-6): the
+    # prompt's space piece before "\n" missing moves them by 3.4e-5
+    assert ours["info"]["step_losses"] == pytest.approx(theirs["info"]["step_losses"], abs=2e-5)
     assert ours["info"]["batches"] == ["image"] * STEPS  # every step: 3 image records and the text-only one
     trained = {k.split(".")[1] for k in ours["state"] if k.startswith("model.")}
     assert trained == {"alignment", "multi_modal_projector", "language_model"}
