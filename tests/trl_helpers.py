@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import descendants, free_port  # noqa: F401  (free_port: the TRL tests take it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).resolve().parent / "trl_multiprocess"
@@ -79,29 +80,6 @@ def start_point(tiny, root: Path, levels: int = LEVELS) -> StartPoint:
         (root / "llava" / f.name).write_bytes(f.read_bytes())
     llava_to_hf(root / "llava", root / "hf")
     return StartPoint(llm=root / "llm", adapter=root / "start.bin", llava=root / "llava", hf=root / "hf")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Linux /proc), deepest last."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(dump: Path | None = None, **extra: str) -> dict[str, str]:
