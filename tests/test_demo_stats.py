@@ -103,11 +103,11 @@ def test_accuracies_and_paired_tests_from_answer_files_with_known_counts(tmp_pat
                                                                        rel=1e-6)
 
     # the report prints these numbers
-    table = "\n".join(demo_report.paired_table({"accuracy": stats}))
+    table = "\n".join(demo_report.paired_table(stats))
     assert "| colour | 0 | 6 | 4 | 0 | 0 | 0.125 |" in table
     assert "| shape | 1 | 2 | 0 | 6 | 12 | 0.031 |" not in table  # 10 shape questions: 2 + 0 + 6 + 2
     assert "| shape | 1 | 2 | 0 | 6 | 2 | 0.031 |" in table
-    seeds = "\n".join(demo_report.seeds_table({"accuracy": stats}))
+    seeds = "\n".join(demo_report.seeds_table(stats))
     assert "| colour | AlignGPT | 10/10 (100.0%) | 9/10 (90.0%) | 95.0% | 7.1 | 90.0%-100.0% |" in seeds
 
     write_jsonl(tmp_path / "short.jsonl", [{"question_id": 0, "text": "Red"}])
@@ -189,4 +189,7 @@ def test_stouffer_survives_one_sided_leads_beyond_float_rounding():
     ahead, behind = stouffer([(100, 0)]), stouffer([(0, 100)])
     expected = -NormalDist().inv_cdf(2.0 ** -101)  # by hand: the one-sided mid-p of 100 of 100
     assert ahead["z"] == pytest.approx(expected) and behind["z"] == pytest.approx(-expected)
-    assert 11 < expected < 12 and ahead["p"] == pytest.approx(0.0, abs=1e-20)
+    assert 11 < expected < 12
+    # one seed: the two-sided p is twice its one-sided mid-p, 2 * 2**-101 = 7.9e-31, not the 0 that
+    # 2 (1 - Phi(z)) rounds to
+    assert ahead["p"] == pytest.approx(2 * 2.0 ** -101, rel=1e-6) and behind["p"] == ahead["p"]
