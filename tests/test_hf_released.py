@@ -218,3 +218,27 @@ def test_convert_command_to_hf_and_back_as_typed(tiny, released, hf_folder, tmp_
     (tmp_path / "empty").mkdir()
     empty = convert_cli("to-hf", tmp_path / "empty", tmp_path / "out")
     assert empty.returncode == 2 and "has no config.json" in empty.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_folder_saved_by_save_pretrained_converts_back_with_the_same_logits(tiny, hf_folder, model, pictures,
+                                                                              tmp_path):
+    """What `aligngpt-sft` and the Trainer's checkpoints write: `save_pretrained`'s own layout. On transformers 4.57
+    that is Llava's legacy key layout (`language_model.model.*`, `vision_tower.*`, ...); `hf_to_llava` read only
+    the current one and stopped ("no place in the other layout": the demo's TRL route found it). The
+    LLaVA-original model of the converted folder gives the HF model's logits and gates."""
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    from aligngpt_plugin.conversion.hf import hf_to_llava
+
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    AutoProcessor.from_pretrained(hf_folder).save_pretrained(saved)
+    back = AutoModelForCausalLM.from_pretrained(hf_to_llava(saved, tmp_path / "llava", vision_tower=str(tiny.clip)))
+    back.eval().get_vision_tower().load_model()
+    ids, labels = tokenize(tiny, "USER: <image>\nWhat colour is the shape? ASSISTANT:", " red")
+    hf_ids, _ = to_hf(model.config, ids, labels)
+    with torch.no_grad():
+        ours = model(input_ids=hf_ids[None], pixel_values=pictures[0][None])
+        theirs = back(input_ids=ids[None], images=pictures[0][None])
+    torch.testing.assert_close(ours.logits, theirs.logits, atol=LOGITS_ATOL, rtol=0)
+    torch.testing.assert_close(ours.gate_weights, theirs.gate_weights, atol=GATE_ATOL, rtol=0)

@@ -65,6 +65,14 @@ FROM_HF = (
     (r"^model\.language_model\.", "model."),
     (r"^lm_head\.", "lm_head."),
 )
+# transformers < 4.52's Llava layout, which 4.5x's `save_pretrained` still writes (the Trainer's checkpoints and
+# `aligngpt-sft`'s output on 4.57): renamed to the layout above before FROM_HF applies
+LEGACY_HF = (
+    (r"^language_model\.model\.", "model.language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_tower\.", "model.vision_tower."),
+    (r"^multi_modal_projector\.", "model.multi_modal_projector."),
+)
 TO_HF = (
     (r"^model\.vision_tower\.vision_tower\.", "model.vision_tower."),
     (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
@@ -294,7 +302,8 @@ def hf_to_llava(src: str | Path, dst: str | Path, vision_tower: str | None = Non
         for i, path in enumerate(files, 1):
             name = f"model-{i:05d}-of-{len(files):05d}.safetensors"
             with open_weights(path) as state:
-                keys = {k: rename(k, FROM_HF) for k in state}
+                keys = {k: rename(rename(k, LEGACY_HF) if not k.startswith(("model.", "lm_head.")) else k, FROM_HF)
+                        for k in state}
                 if not (work / name).is_file():
                     with atomic_path(work / name) as tmp:
                         save_file({new: state[k].contiguous() for k, new in keys.items()}, str(tmp),
