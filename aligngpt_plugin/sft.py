@@ -23,7 +23,7 @@ LoRA merged in, or with --no_align_merge_lora the adapter, which holds the proje
 module in full) and the processor.
 
 Exit status: 0 trained and saved; 2 bad input (a missing dataset or image, a bad level, a folder that is not
-an HF-native AlignGPT, 4-bit without a GPU), with a one-line message naming the file or record.
+an HF-native AlignGPT, 4/8-bit without --use_peft), with a one-line message naming the file or record.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aligngpt_plugin.integrations.hf.training import AlignSFTArguments
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 MODEL_TYPE = "llava_aligngpt"
 
@@ -75,23 +79,71 @@ def check_model_folder(path: str | None) -> Path:
     return folder
 
 
-def load_model(folder: Path, model_args):
-    """The model and processor from `folder` under ModelConfig's dtype, attention and quantization."""
+# modules kept in full precision under --load_in_4bit/--load_in_8bit: the projector and the alignment module train
+# in full (a 4/8-bit weight cannot), lm_head is bitsandbytes' own default skip (dropped once skips are given), and
+# the frozen vision tower as LLaVA's QLoRA keeps it (see load_model). Full paths from the model's root:
+# transformers 4.x skips a module whose name contains an entry followed by ".", 5.x one whose name starts with it
+QUANT_SKIP_MODULES = ("model.multi_modal_projector", "model.alignment", "model.vision_tower", "lm_head")
+
+
+def quantization_config(model_args, folder: Path) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config of `--load_in_4bit` / `--load_in_8bit` (TRL's `get_quantization_config` fields),
+    with `QUANT_SKIP_MODULES` left unquantized; None without either flag.
+
+    Args:
+        model_args: TRL's `ModelConfig`.
+        folder: the model folder (its config.json's dtype is the 4-bit compute dtype under `--dtype auto`).
+    Returns:
+        A `transformers.BitsAndBytesConfig`, or None.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = list(QUANT_SKIP_MODULES)
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if not model_args.load_in_4bit:
+        return None
+    compute = model_args.dtype or "float32"
+    if compute == "auto":  # TRL passes "auto" on to bitsandbytes, which fails on it: the checkpoint's own dtype
+        config = json.loads((folder / "config.json").read_text())
+        compute = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=getattr(torch, compute),
+                              bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+                              bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage, llm_int8_skip_modules=skip)
+
+
+def load_model(folder: Path, model_args) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model and processor from `folder` under ModelConfig's dtype, attention and quantization.
+
+    With `--load_in_4bit` (NF4 by default) or `--load_in_8bit` the LLM's linear layers are bitsandbytes layers,
+    on the CPU too (bitsandbytes runs both there; checked with 0.50.2); the projector, the alignment module,
+    `lm_head` and the vision tower stay in full precision (`QUANT_SKIP_MODULES`). The tower is frozen and never
+    adapted, so its quantization error would be a difference between the features the projector and gate train
+    on and those of the full-precision model the adapter is merged into; LLaVA's own QLoRA (`--bits 4`) also
+    loads it unquantized. (A 4-bit tower runs too; it would save about 0.45 GB of CLIP ViT-L/14-336.)
+
+    Args:
+        folder: an HF-native AlignGPT folder (`check_model_folder`).
+        model_args: TRL's `ModelConfig`.
+    Returns:
+        (model, processor).
+    Raises:
+        InputError: 4/8-bit without `--use_peft`.
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import get_quantization_config
 
-    quantization = get_quantization_config(model_args)
-    if quantization is not None and not torch.cuda.is_available():
-        raise InputError("--load_in_4bit / --load_in_8bit need a CUDA GPU (bitsandbytes); drop them on this machine")
+    quantization = quantization_config(model_args, folder)
     if quantization is not None and not model_args.use_peft:
         raise InputError("--load_in_4bit / --load_in_8bit train through LoRA only: add --use_peft")
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     kwargs = {"attn_implementation": model_args.attn_implementation, "quantization_config": quantization}
-    if quantization is not None:  # each process's quantized weights on its own GPU
+    if quantization is not None:  # each process's quantized weights on its own GPU, or on the CPU
         from accelerate import PartialState
 
-        kwargs["device_map"] = {"": PartialState().local_process_index}
+        kwargs["device_map"] = {"": PartialState().local_process_index if torch.cuda.is_available() else "cpu"}
     try:
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, **kwargs)
     except TypeError:  # transformers < 4.56 names it torch_dtype

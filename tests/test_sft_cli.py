@@ -85,8 +85,7 @@ def bad_cases(model, root, tmp_path):
         "no model": (["--model_name_or_path", str(tmp_path / "nowhere"), *data], "nowhere: no config.json"),
         "lora in stage 1": (["--model_name_or_path", str(model), *data, "--use_peft", "--align_stage", "1"],
                             "drop --use_peft"),
-        "4-bit on a CPU": (["--model_name_or_path", str(model), *data, "--use_peft", "--load_in_4bit"],
-                           "need a CUDA GPU"),
+        "4-bit without LoRA": (["--model_name_or_path", str(model), *data, "--load_in_4bit"], "add --use_peft"),
     }
 
 

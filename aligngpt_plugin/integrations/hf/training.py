@@ -292,12 +292,18 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
             raise ValueError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for "
                              "stage 1")
         peft_config = prepare_peft_config(peft_config)
-    set_stage_trainable(model, stage)  # before PEFT wraps it: sets config.alignment_stage and the plain plan
+    if peft_config is None:
+        set_stage_trainable(model, stage)
+    else:  # PEFT's trainable set is set below; the plain plan ("the LLM trains") would fail on a 4/8-bit weight
+        _unwrap(model).config.alignment_stage = STAGE_NAMES[stage]
+        model.requires_grad_(False)
     sft_trainer, plain_trainer = _trainer_classes()
     if trainer == "trl":
         built = sft_trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                             processing_class=processor, peft_config=peft_config, **trainer_kwargs)
         built.data_collator = AlignGPTVisionCollator.from_trl(built.data_collator, add_bos=align_args.align_add_bos)
+        if peft_config is not None and _is_quantized(model):
+            _restore_full_copies(built.model)
     else:
         collator = AlignGPTVisionCollator(
             processor=processor, max_length=getattr(args, "max_length", None),
@@ -322,6 +328,41 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
     built.align_skipped = skipped
     logger.info("AlignGPT stage %d: trainable parameters %s; %d record(s) skipped", stage, counts, skipped)
     return built
+
+
+def _is_quantized(model) -> bool:
+    """The model was loaded in 4 or 8 bits (bitsandbytes), as TRL tells it."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _restore_full_copies(model) -> int:
+    """Give a quantized PEFT model's `modules_to_save` copies (the projector, the alignment module) back the
+    values and dtype of the modules they copy.
+
+    SFTTrainer casts every trainable parameter of a 4/8-bit model to bf16, meaning the LoRA weights (QLoRA's
+    bf16 adapters). That also hits the copies that train in full: in bf16 they would meet the fp32 features
+    (a dtype error without autocast), AdamW's small updates on them would round away, and the levels, frozen in
+    stage 2, would move by the rounding. The copies are fresh (PEFT made them from the originals when TRL
+    wrapped the model), so each gets its original back; the LoRA weights keep TRL's bf16.
+
+    Args:
+        model: the PEFT model TRL built (`trainer.model`).
+    Returns:
+        The number of parameters given back.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    restored = 0
+    for wrapper in model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        original = dict(wrapper.original_module.named_parameters())
+        for copy_module in wrapper.modules_to_save.values():
+            for name, param in copy_module.named_parameters():
+                if param.dtype != original[name].dtype:
+                    param.data = original[name].data.clone()
+                    restored += 1
+    return restored
 
 
 def _completion_only(args, dataset) -> bool:
