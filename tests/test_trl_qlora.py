@@ -249,3 +249,16 @@ def test_aligngpt_sft_qlora_as_typed_exits_0_and_saves_the_adapter_with_the_full
         if part.endswith("level_embeddings"):  # frozen in stage 2
             assert torch.equal(saved[key], original)
     assert not (out / "config.json").exists()  # the adapter, not a merged model (a 4-bit base cannot take it)
+
+
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+def test_dtype_auto_computes_4_bit_layers_in_the_checkpoints_dtype(tmp_path, key):
+    import json
+
+    from aligngpt_plugin.sft import quantization_config
+
+    (tmp_path / "config.json").write_text(json.dumps({key: "bfloat16"}))  # transformers 4.56+ / older
+    args = ModelConfig(model_name_or_path=str(tmp_path), use_peft=True, load_in_4bit=True, dtype="auto")
+    config = quantization_config(args, tmp_path)  # TRL's own get_quantization_config fails on "auto"
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16 and config.bnb_4bit_quant_type == "nf4"
+    assert "model.multi_modal_projector" in config.llm_int8_skip_modules
