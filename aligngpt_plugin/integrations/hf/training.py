@@ -264,7 +264,8 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
     """A trainer for one AlignGPT stage, after checking every record.
 
     Args:
-        model: an `AlignGPTLlavaForConditionalGeneration` (not yet wrapped by PEFT).
+        model: an `AlignGPTLlavaForConditionalGeneration` (not yet wrapped by PEFT); loaded in 4 or 8 bits
+            (QLoRA, `aligngpt_plugin.sft.load_model`) with a `peft_config` only.
         processor: its `AlignGPTLlavaProcessor`.
         train_dataset: a `datasets.Dataset` in TRL's VLM format with `align_level` (see `data.py`).
         args: TRL's `SFTConfig` (trainer="trl"), or any `TrainingArguments` (trainer="hf"; SFTConfig's
