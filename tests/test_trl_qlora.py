@@ -262,3 +262,13 @@ def test_dtype_auto_computes_4_bit_layers_in_the_checkpoints_dtype(tmp_path, key
     config = quantization_config(args, tmp_path)  # TRL's own get_quantization_config fails on "auto"
     assert config.bnb_4bit_compute_dtype == torch.bfloat16 and config.bnb_4bit_quant_type == "nf4"
     assert "model.multi_modal_projector" in config.llm_int8_skip_modules
+
+
+def test_build_trainer_refuses_a_quantized_model_without_lora(setup, tmp_path):
+    from transformers import TrainingArguments
+
+    folder, dataset, _ = setup
+    model, processor = load_model(folder, model_args(folder))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="LoRA only: pass a peft_config"):
+        build_trainer(model, processor, dataset, args, AlignSFTArguments(align_stage=2), trainer="hf")

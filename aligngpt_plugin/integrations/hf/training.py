@@ -293,6 +293,8 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
             raise ValueError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for "
                              "stage 1")
         peft_config = prepare_peft_config(peft_config)
+    if peft_config is None and _is_quantized(model):
+        raise ValueError("a 4/8-bit model trains through LoRA only: pass a peft_config (--use_peft)")
     if peft_config is None:
         set_stage_trainable(model, stage)
     else:  # PEFT's trainable set is set below; the plain plan ("the LLM trains") would fail on a 4/8-bit weight
