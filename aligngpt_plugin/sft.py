@@ -187,6 +187,7 @@ def run(script_args, training_args, model_args, align_args) -> int:
             merged_for_saving(trainer.model).save_pretrained(out)
     else:
         trainer.save_model(str(out))
+    trainer.save_state()  # trainer_state.json: the logged losses, as LLaVA's train() leaves them
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(out)
         print(f"aligngpt-sft: stage {align_args.align_stage} done, {trainer.state.global_step} steps; saved to {out}"

@@ -129,10 +129,11 @@ def test_both_models_start_stage_1_from_the_same_weights(tiny, llava_ready, tmp_
 
 
 def test_quick_demo_trains_both_models_for_every_seed_and_reports(tmp_path):
+    """`--quick --trl`: the demo, and AlignGPT a second time through TRL (`aligngpt-sft`), paired with the first."""
     from aligngpt_plugin.demo import main  # aligngpt-demo, as `make demo` runs it
 
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--quick", "--no-progress"]) == 0
+    assert main(["--out", str(out), "--quick", "--no-progress", "--trl"]) == 0
     summary = json.loads((out / "summary.json").read_text())
 
     # the CLIP tells true captions from unrelated ones on pictures it never saw
@@ -151,11 +152,11 @@ def test_quick_demo_trains_both_models_for_every_seed_and_reports(tmp_path):
     assert len(questions) == 3 * summary["settings"]["eval_pictures"]
     for seed in seeds:
         assert (out / f"seed{seed}" / "start.bin").is_file()
-        for model in ("aligngpt", "llava"):
+        for model in ("aligngpt", "llava", "aligngpt-trl"):
             answered = [json.loads(line)["question_id"]
                         for line in (out / f"seed{seed}" / "eval" / f"{model}_answers.jsonl").read_text().splitlines()]
             assert sorted(answered) == sorted(q["question_id"] for q in questions)
-            per_kind = summary["accuracy"]["per_seed"][seed][model]
+            per_kind = summary["accuracy" if model != "aligngpt-trl" else "routes"]["per_seed"][seed][model]
             assert sum(k["n"] for k in per_kind.values()) == len(questions)
             run = summary["runs"][seed][model]
             assert run["finetune_loss"][-1] < run["finetune_loss"][0]
@@ -181,7 +182,26 @@ def test_quick_demo_trains_both_models_for_every_seed_and_reports(tmp_path):
     config = json.loads((out / "seed0" / "aligngpt" / "aligngpt-shapes-finetune" / "config.json").read_text())
     assert config["model_type"] == "aligngpt_llava" and config["alignment"]["num_levels"] == 8
 
+    # the TRL route: its stage-1 model is build-hf's from the demo's LLM and CLIP with the seed's shared start in
+    # place (the same projector, levels and gate as the two LLaVA-code runs), and it is paired with AlignGPT
+    from safetensors.torch import load_file
+
+    from aligngpt_plugin.conversion.hf import TO_HF, rename
+
+    for seed in seeds:
+        start = torch.load(out / f"seed{seed}" / "start.bin", map_location="cpu", weights_only=True)
+        folder = out / f"seed{seed}" / "aligngpt-trl" / "start"
+        built = {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
+        assert start and all(torch.equal(built[rename(k, TO_HF)], v) for k, v in start.items())
+        assert set(summary["routes"]["paired"]["colour"]["per_seed"]) == set(seeds)
+        assert json.loads((out / f"seed{seed}" / "aligngpt-trl" / "finetune" / "config.json").read_text())[
+            "model_type"] == "llava_aligngpt"
+    trl_run = summary["runs"]["0"]["aligngpt-trl"]
+    assert len(trl_run["pretrain_loss"]) == len(summary["runs"]["0"]["aligngpt"]["pretrain_loss"])  # same steps
+    assert len(trl_run["finetune_loss"]) == len(summary["runs"]["0"]["aligngpt"]["finetune_loss"])
+
     report = (out / "report.md").read_text()
+    assert "## 8. The same AlignGPT through TRL" in report and "| colour | AlignGPT (TRL) |" in report
     for figure in ("scores_by_truth.png", "loss_curves.png", "accuracy.png", "level_probe.png", "gate_heatmap.png"):
         assert f"]({figure})" in report and (out / figure).stat().st_size > 1000
     assert "aligngpt_plugin.demo" in report and "| colour | AlignGPT |" in report and "exact McNemar" in report

@@ -67,28 +67,12 @@ import pytest
 from trl_helpers import environment, rank_dumps, run_bounded, start_point
 
 from aligngpt_plugin.devkit import pipeline
+from aligngpt_plugin.integrations.hf.templates import PLAIN_TEMPLATE, V1_TEMPLATE
 
 TIMEOUT = 300
-# LLaVA's `plain` conversation (llava/conversation.py conv_llava_plain, preprocess_plain): the image, the
-# caption, the separator "\n"; the space after <image> reproduces LLaVA's chunk-wise tokenization
-PLAIN_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}{{ '<image> ' }}{% endif %}{% endfor %}{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endif %}{% endfor %}")
+# LLaVA's `plain` and `vicuna_v1` conversations as chat templates (integrations/hf/templates.py); the planted fault
+# drops the space after <image> that reproduces LLaVA's chunk-wise tokenization
 PLAIN_TEMPLATE_UNSPACED = PLAIN_TEMPLATE.replace("'<image> '", "'<image>'")
-# LLaVA's `vicuna_v1` conversation (conv_vicuna_v1, preprocess_v1): the system sentence, " USER: ", the image
-# first then "\n" and the question, " ASSISTANT: ", the answer, "</s>". Written for prompt/completion data:
-# the prompt ends at "ASSISTANT:" and the completion starts with the answer's first word, which TRL tokenizes
-# on its own, so it gets SentencePiece's space piece (`▁A`) as it does in LLaVA's one-string tokenization
-V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-             "detailed, and polite answers to the user's questions.")
-V1_TEMPLATE = (
-    "{{ \"" + V1_SYSTEM + "\" }}{% for m in messages %}{% if m['role'] == 'user' %}"
-    "{{ ' USER: ' if loop.first else 'USER: ' }}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
-    "{{ '<image> \\n' }}{% endif %}{% endfor %}{% for c in m['content'] %}{% if c['type'] == 'text' %}"
-    "{{ c['text'] }}{% endif %}{% endfor %}{% else %}{{ ' ASSISTANT:' }}{% for c in m['content'] %}"
-    "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{{ '</s>' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}")
 STEPS, BATCH, LR, SEED = 3, 4, "1e-3", 42
 
 
@@ -239,3 +223,51 @@ def test_stage2_tokens_and_labels_equal_llava_preprocess(start, tiny, instructio
         assert (ours["input_ids"][row] == processor.alignment_token_id).sum() == (row < 3)  # image rows only
     assert ours["pixel_values"].shape[0] == 3
     assert (ours["pixel_values"] - theirs["images"][:3]).abs().max() == 0
+
+
+def test_multi_turn_records_per_turn_give_llava_preprocess_targets(start, tiny, tmp_path):
+    """Multi-turn records (the fixture's, 2-3 answers each) split by `per_turn_records` into one prompt/completion
+    row per answer: the last row's tokens equal LLaVA's `preprocess_v1` tokens of the whole conversation, and the
+    rows' targets, joined in order, equal LLaVA's targets (each answer and its `</s>` once, after the same history).
+    Planted: history answers written without the space LLaVA puts after `ASSISTANT:` fail."""
+    import transformers
+    from llava import conversation
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.train import train as llava_train
+    from transformers import AutoProcessor, CLIPImageProcessor
+
+    from aligngpt_plugin.integrations.hf.collator import AlignGPTVisionCollator
+    from aligngpt_plugin.integrations.hf.data import load_sft_dataset, per_turn_records
+
+    multi = [r for r in json.loads(tiny.finetune.read_text()) if len(r["conversations"]) >= 4 and "image" in r][:2]
+    assert len(multi) == 2
+    (tmp_path / "multi.json").write_text(json.dumps(multi))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(start.llm, use_fast=False, model_max_length=2048,
+                                                           padding_side="right")
+    tokenizer.pad_token = tokenizer.unk_token
+    saved = conversation.default_conversation
+    conversation.default_conversation = conversation.conv_templates["vicuna_v1"]
+    try:
+        data_args = llava_train.DataArguments(data_path=str(tmp_path / "multi.json"), lazy_preprocess=True,
+                                              is_multimodal=True, image_folder=str(tiny.images))
+        data_args.image_processor = CLIPImageProcessor.from_pretrained(tiny.clip)
+        data_args.mm_use_im_start_end = False
+        dataset = llava_train.make_supervised_data_module(tokenizer, data_args)["train_dataset"]
+        theirs = [dataset[i] for i in range(len(dataset))]
+    finally:
+        conversation.default_conversation = saved
+    processor = AutoProcessor.from_pretrained(start.hf)
+    processor.chat_template = V1_TEMPLATE
+    rows = per_turn_records(load_sft_dataset(str(tmp_path / "multi.json"), image_folder=str(tiny.images)))
+    collate = AlignGPTVisionCollator(processor=processor, completion_only_loss=True)
+    skip = {processor.image_token_id, processor.alignment_token_id}
+    for record, their in zip(multi, theirs):
+        answers = len(record["conversations"]) // 2
+        ours = collate([r for r in rows if r["id"].startswith(f"{record['id']}#")])
+        assert ours["input_ids"].shape[0] == answers
+        their_ids = [t for t in their["input_ids"].tolist() if t != IMAGE_TOKEN_INDEX]
+        their_targets = [t for t in their["labels"].tolist() if t != -100]
+        last = ours["input_ids"][-1][ours["attention_mask"][-1].bool()].tolist()
+        assert [t for t in last if t not in skip] == their_ids, record["id"]
+        our_targets = [t for row in ours["labels"].tolist() for t in row if t != -100]
+        assert our_targets == their_targets, record["id"]

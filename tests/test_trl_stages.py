@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 
 def arguments(kind: str, out, **extra):
     common = dict(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2,
-                  report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True, **extra)
+                  report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True) | extra
     if kind == "trl":
         return SFTConfig(bf16=False, gradient_checkpointing=False, **common)
     return TrainingArguments(**common)
@@ -109,3 +109,30 @@ def test_stage_1_refuses_lora(setup, tmp_path):
     with pytest.raises(ValueError, match="drop --use_peft for stage 1"):
         build_trainer(tiny_model(processor), processor, dataset, arguments("hf", tmp_path),
                       AlignSFTArguments(align_stage=1), trainer="hf", peft_config=LoraConfig(r=4))
+
+
+@pytest.mark.parametrize("kind", ["trl", "hf"])
+def test_load_best_model_at_end_restores_every_weight_of_the_best_checkpoint(setup, tmp_path, kind):
+    """`load_best_model_at_end` with the best checkpoint not the last: the model the trainer ends with equals the
+    best checkpoint as `from_pretrained` reads it (the outside reference), weight for weight. The run evaluates
+    and saves every step; `greater_is_better=True` on the eval loss makes the worst-loss step "best", so the
+    choice is known from the logged losses (the test checks it is not the last step). Planted: without the
+    trainers' `_load_best_model` override, 4.57 loads the legacy checkpoint keys non-strictly (transformers#43701)
+    and the model keeps its last weights: every LLM and projector weight differs from the checkpoint's."""
+    from transformers import AutoModelForImageTextToText
+
+    processor, dataset = setup
+    extra = dict(max_steps=3, learning_rate=5e-2, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                 save_steps=1, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = build_trainer(tiny_model(processor), processor, dataset, arguments(kind, tmp_path, **extra),
+                            AlignSFTArguments(align_stage=2), trainer=kind, eval_dataset=dataset)
+    trainer.train()
+    losses = {row["step"]: row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row}
+    best_step = max(losses, key=losses.get)
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}") and best_step != 3
+    best = AutoModelForImageTextToText.from_pretrained(trainer.state.best_model_checkpoint)
+    reference = best.state_dict()
+    ours = trainer.model.state_dict()
+    assert set(ours) == set(reference)
+    differ = [k for k in ours if not torch.equal(ours[k], reference[k])]
+    assert not differ, differ[:5]

@@ -26,6 +26,7 @@ from aligngpt_plugin.devkit.tiny_checkpoints import FixturePaths, FixtureSpec, w
 
 LEVELS = 8
 MODELS = ("aligngpt", "llava")
+TRL_MODEL = "aligngpt-trl"  # AlignGPT through TRL (--trl: devkit/demo_trl.py, which needs the `trl` extra)
 # LLaVA's builder loads a checkpoint as LLaVA only when its folder name contains "llava"; AlignGPT's is
 # recognised by its config, whatever the folder is called.
 FINETUNE_DIRS = {"aligngpt": "aligngpt-shapes-finetune", "llava": "llava-shapes-finetune"}
@@ -57,6 +58,8 @@ class DemoSettings:
     data_seed: int = field(default=0, metadata={"help": "seeds data, CLIP and LLM (fixed across training seeds)"})
     jobs: int = field(default=2, metadata={"help": "trainings run at once (one CPU thread each when > 1)"})
     models: tuple[str, ...] = field(default=MODELS, metadata={"help": "which models to train and evaluate"})
+    trl: bool = field(default=False, metadata={"help": "also train AlignGPT through TRL (aligngpt-sft) and compare "
+                                                      "the two routes (demo_trl)"})
     clip: ClipTraining = field(default_factory=ClipTraining)
     language: LanguageTraining = field(default_factory=LanguageTraining)
 
@@ -307,12 +310,15 @@ def caption_files(out: Path, seeds: tuple[int, ...], models: tuple[str, ...], le
 def statistics(out: Path, s: DemoSettings, questions: Path, heldout: Path) -> dict:
     """The report's numbers, recomputed from the files the runs wrote (answers, captions, gate dumps)."""
     qs = read_jsonl(questions)
-    answers = {str(seed): {m: out / f"seed{seed}" / "eval" / f"{m}_answers.jsonl" for m in s.models}
+    trained = (*s.models, *([TRL_MODEL] if s.trl else []))
+    answers = {str(seed): {m: out / f"seed{seed}" / "eval" / f"{m}_answers.jsonl" for m in trained}
                for seed in s.seeds}
     result = {"accuracy": demo_stats.accuracy_statistics(qs, answers)}
+    if s.trl:  # the same AlignGPT through TRL against the LLaVA-code route, on the same questions
+        result["routes"] = demo_stats.accuracy_statistics(qs, answers, models=(TRL_MODEL, "aligngpt"))
     top, mid = s.levels - 1, s.middle_level
     compare = [(f"level {top}", "level 0"), (f"level {top}", f"level {mid}")] if "aligngpt" in s.models else []
-    if set(s.models) == set(MODELS):
+    if set(MODELS) <= set(s.models):
         compare.append((f"level {top}", "LLaVA"))
     result["probe"] = demo_stats.probe_statistics(json.loads(heldout.read_text()),
                                                   caption_files(out, s.seeds, s.models, s.probe_levels), compare)
@@ -336,7 +342,7 @@ def rescore(out: Path) -> dict:
     summary = data["summary"]
     given = summary["settings"]
     s = DemoSettings(levels=given["levels"], seeds=tuple(given["seeds"]), models=tuple(given["models"]),
-                     eval_pictures=given["eval_pictures"])
+                     eval_pictures=given["eval_pictures"], trl=given.get("trl", False))
     numbers = statistics(out, s, out / "data" / "questions.jsonl", out / "data" / "heldout.json")
     summary |= json.loads(json.dumps(numbers))  # as the report reads them: through JSON
     write_json_atomic(source, data)
@@ -394,10 +400,20 @@ def run(out: Path, settings: DemoSettings | None = None, progress: bool = True) 
     ctx = {"settings": s, "out": out, "fx": fx, "stage": stage, "env": env, "progress": progress and jobs == 1,
            "levelled": levelled, "heldout": data.heldout,
            "flags": {"aligngpt": align_flags, "llava": ()}}
-    stage.say(f"{len(s.seeds)} training seeds x {len(s.models)} models, {jobs} at a time")
+    trained = list(s.models)
+    if s.trl:
+        from aligngpt_plugin.devkit.demo_trl import finetune_rows, train_and_test_trl
+        from aligngpt_plugin.integrations.hf.templates import write_template
+
+        trained.append(TRL_MODEL)
+        with stage("TRL data", "instruction data as prompt/completion rows, one per answer; LLaVA's templates"):
+            ctx["trl_finetune"] = finetune_rows(data.finetune, data.images, out / "data" / "trl_finetune")
+            ctx["templates"] = {k: write_template(k, out / "data" / f"llava_{k}.jinja") for k in ("plain", "v1")}
+    stage.say(f"{len(s.seeds)} training seeds x {len(trained)} models, {jobs} at a time")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {(seed, m): pool.submit(train_and_test, seed, m, ctx) for seed in s.seeds for m in s.models}
-        runs = {seed: {m: futures[seed, m].result() for m in s.models} for seed in s.seeds}
+        futures = {(seed, m): pool.submit(train_and_test_trl, seed, ctx) if m == TRL_MODEL else
+                   pool.submit(train_and_test, seed, m, ctx) for seed in s.seeds for m in trained}
+        runs = {seed: {m: futures[seed, m].result() for m in trained} for seed in s.seeds}
     summary["runs"] = {str(seed): {m: {"pretrain_start": first_losses(r["pretrain_loss"]), **r} for m, r in per.items()}
                        for seed, per in runs.items()}
     summary["chance"] = {k: demo_data.chance(k) for k in demo_data.QUESTIONS}

@@ -25,8 +25,8 @@ from aligngpt_plugin.devkit.demo_data import QUESTIONS, TRUTH_KINDS
 COMMAND = "python -m aligngpt_plugin.demo --out runs/demo"
 REDRAW = "python -m aligngpt_plugin.demo --out runs/demo --report-only"
 KIND_COLOURS = {"true": "tab:green", "partial": "tab:orange", "unrelated": "tab:red"}
-MODEL_NAMES = {"aligngpt": "AlignGPT", "llava": "LLaVA"}
-MODEL_COLOURS = {"aligngpt": "tab:blue", "llava": "tab:orange"}
+MODEL_NAMES = {"aligngpt": "AlignGPT", "llava": "LLaVA", "aligngpt-trl": "AlignGPT (TRL)"}
+MODEL_COLOURS = {"aligngpt": "tab:blue", "llava": "tab:orange", "aligngpt-trl": "tab:green"}
 ALPHA = 0.05
 
 
@@ -212,8 +212,8 @@ def gate_findings(summary: dict) -> list[str]:
             f"(uniform: {math.log(levels - 1):.3f})."]
 
 
-def seeds_table(summary: dict) -> list[str]:
-    acc = summary["accuracy"]
+def seeds_table(acc: dict) -> list[str]:
+    """Accuracy per question kind, model and seed, with the mean, SD and range (`accuracy_statistics`' output)."""
     seeds, models = acc["seeds"], list(acc["over_seeds"])
     lines = ["| question | model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | SD | range |",
              "|---|---|" + "---|" * (len(seeds) + 3)]
@@ -228,17 +228,17 @@ def seeds_table(summary: dict) -> list[str]:
     return lines
 
 
-def paired_table(summary: dict) -> list[str]:
-    acc = summary["accuracy"]
+def paired_table(acc: dict, a: str = "AlignGPT", b: str = "LLaVA") -> list[str]:
+    """The McNemar tables per kind and seed and the tests over seeds of models `a` against `b`."""
     if not acc["paired"]:
         return []
-    lines = ["| question | seed | both right | only AlignGPT | only LLaVA | both wrong | exact McNemar p |",
+    lines = [f"| question | seed | both right | only {a} | only {b} | both wrong | exact McNemar p |",
              "|---|---|---|---|---|---|---|"]
     for k, t in acc["paired"].items():
         for s, x in t["per_seed"].items():
             lines.append(f"| {k} | {s} | {x['both']} | {x['a_only']} | {x['b_only']} | {x['neither']} | "
                          f"{pval(x['p'])} |")
-    lines += ["", "| question | seeds AlignGPT ahead / behind / tied | sign test p (smallest possible) | "
+    lines += ["", f"| question | seeds {a} ahead / behind / tied | sign test p (smallest possible) | "
               "Stouffer z | Stouffer p |", "|---|---|---|---|---|"]
     for k, t in acc["paired"].items():
         sg = t["sign"]
@@ -310,6 +310,51 @@ def gate_tables(summary: dict) -> list[str]:
     return lines
 
 
+def route_findings(summary: dict) -> list[str]:
+    """One line per question kind: AlignGPT through TRL against the LLaVA-code route (`--trl`)."""
+    routes = summary.get("routes")
+    if not routes or len(routes["over_seeds"]) < 2:
+        return []
+    out = []
+    for k in routes["kinds"]:
+        t = routes["paired"][k]
+        diffs = [routes["per_seed"][s]["aligngpt-trl"][k]["accuracy"] - routes["per_seed"][s]["aligngpt"][k]["accuracy"]
+                 for s in routes["seeds"]]
+        out.append(f"- **{k}, TRL route against LLaVA-code route** (same AlignGPT, start, steps and questions): "
+                   f"{spread(routes['over_seeds']['aligngpt-trl'][k], unit='%')} against "
+                   f"{spread(routes['over_seeds']['aligngpt'][k], unit='%')}; difference per seed "
+                   + ", ".join(f"{100 * d:+.1f}" for d in diffs) + " points; per-seed exact McNemar p: "
+                   + ", ".join(pval(x["p"]) for x in t["per_seed"].values())
+                   + f"; seeds pooled (Stouffer): {verdict(t['stouffer']['p'])}.")
+    return out
+
+
+def route_section(summary: dict) -> list[str]:
+    """Section 8 (only with `--trl`): the two training routes of AlignGPT, paired."""
+    routes = summary.get("routes")
+    if not routes:
+        return []
+    s = summary["settings"]
+    return [
+        "## 8. The same AlignGPT through TRL (`--trl`)",
+        "AlignGPT trained a second time per seed through TRL's SFTTrainer on the HF-native model (`aligngpt-sft`, "
+        "stage 1 on the levelled captions, stage 2 on the instruction data with each answer a prompt/completion "
+        "row), from the same start weights (`build-hf`, then `seed<k>/start.bin`) with the same steps, learning "
+        f"rates, schedule and batch targets (stage 2: {3 * s['batch_size']} rows a step, 3 answers a picture); "
+        "converted back with `hf_to_llava` and answered by the same `model_vqa_loader`. What differs by "
+        "construction: the data order (TRL's sampler), 3 more vocabulary rows that are never targets, and "
+        "stage 2's mixing of pictures within a step. If the routes train the same model, their accuracies differ "
+        "only as two seeds of one route do, and the paired tests find no difference.",
+        "",
+        *route_findings(summary),
+        "",
+        *seeds_table(routes),
+        "",
+        *paired_table(routes, MODEL_NAMES["aligngpt-trl"], MODEL_NAMES["aligngpt"]),
+        "",
+    ]
+
+
 def markdown(summary: dict) -> str:
     s, lv = summary["settings"], summary["levels"]
     auc = summary["clip_auc"]
@@ -333,6 +378,7 @@ def markdown(summary: dict) -> str:
         *accuracy_findings(summary),
         *probe_findings(summary),
         *gate_findings(summary),
+        *route_findings(summary),
         "",
         "## 1. A CLIP that knows the shapes",
         f"A tiny open_clip ViT (width {s['clip']['width']}, {s['clip']['vision_layers']} layers, "
@@ -401,7 +447,7 @@ def markdown(summary: dict) -> str:
         f"{n_q} held-out pictures, one question of each kind each; LLaVA's `model_vqa_loader`, greedy; an answer "
         "is right when it holds the expected word. Cells: right / asked (accuracy).",
         "",
-        *seeds_table(summary),
+        *seeds_table(summary["accuracy"]),
         "",
         "![accuracy](accuracy.png)",
         "",
@@ -412,7 +458,7 @@ def markdown(summary: dict) -> str:
         "mid-p values (signed z, positive when AlignGPT is ahead). The seeds share the questions, so the pooled "
         "test speaks of these questions.",
         "",
-        *paired_table(summary),
+        *paired_table(summary["accuracy"]),
         "",
     ]
     if summary.get("gates"):
@@ -431,6 +477,7 @@ def markdown(summary: dict) -> str:
             "![gate heatmap](gate_heatmap.png)",
             "",
         ]
+    lines += route_section(summary)
     cpu = summary.get("cpu_seconds", {})
     load = summary.get("load_average_at_start")
     lines += ["## Stage times", "",

@@ -27,7 +27,7 @@ from aligngpt_plugin.core.trl_format import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALIGN_LEVEL", "RecordError", "check_records", "llava_json_to_trl", "load_sft_dataset"]
+__all__ = ["ALIGN_LEVEL", "RecordError", "check_records", "llava_json_to_trl", "load_sft_dataset", "per_turn_records"]
 
 # stage 1 (pre-training: each image's own level) and stage 2 (fine-tuning: the gate's combination)
 STAGE_NAMES = {1: "pretrain", 2: "finetune", "pretrain": "pretrain", "finetune": "finetune"}
@@ -104,6 +104,58 @@ def load_sft_dataset(path: str | Path, split: str = "train", image_folder: str |
             raise RecordError(f"--image_folder {image_folder}: no such folder")
         return llava_json_to_trl(path, image_folder)
     raise RecordError(f"{path}: not a dataset folder, .parquet, .json or .jsonl file")
+
+
+def per_turn_records(dataset):
+    """Conversational `messages` records as prompt/completion records, one per assistant turn: the prompt is the
+    conversation before the turn, the completion the turn itself.
+
+    TRL computes the loss on the completion only (`completion_only_loss`), so each answer is a target once, seen
+    after the same history as in the whole conversation: a causal model gives each answer token the same loss
+    as in LLaVA's multi-turn record, whose `preprocess_v1` masks everything but the answers. This is how
+    LLaVA's multi-turn instruction data trains through TRL where `assistant_only_loss` is unavailable (transformers
+    < 5.18 on image data); a record of k answers costs k rows (the image and history are read k times).
+
+    Args:
+        dataset: datasets.Dataset with `messages` (user/assistant turns), `images`, and optional `id` and
+            `align_level` (copied to every row of the record).
+    Returns:
+        datasets.Dataset with `prompt`, `completion` (one assistant message), `images`, `id` (`<id>#<k>`, k the
+        answer's number from 1) and `align_level`.
+    Raises:
+        RecordError naming a record without an assistant turn.
+    """
+    from datasets import Image, List
+
+    if "messages" not in dataset.column_names:
+        raise RecordError(f"per_turn_records: the dataset has columns {dataset.column_names}, not `messages`")
+    features = dataset.features
+    raw = "images" in features and isinstance(features["images"], List) and isinstance(features["images"].feature,
+                                                                                        Image)
+    if raw:  # keep the files as they are: no decoding and re-encoding of every image
+        dataset = dataset.cast_column("images", List(Image(decode=False)))
+
+    def split(batch, indices):
+        out = {name: [] for name in ("prompt", "completion", *[c for c in batch if c != "messages"])}
+        for j, messages in enumerate(batch["messages"]):
+            answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+            if not answers:
+                raise RecordError(f"{record_label({'id': batch.get('id', [None] * len(indices))[j]}, indices[j])}: "
+                                  "no assistant turn to train on")
+            for n, k in enumerate(answers, 1):
+                out["prompt"].append(messages[:k])
+                out["completion"].append([messages[k]])
+                for name in batch:
+                    if name == "messages":
+                        continue
+                    value = batch[name][j]
+                    out[name].append(f"{value if value is not None else indices[j]}#{n}" if name == "id" else value)
+        return out
+
+    result = dataset.map(split, batched=True, with_indices=True, remove_columns=dataset.column_names)
+    if raw:
+        result = result.cast_column("images", List(Image()))
+    return result
 
 
 def _image_problem(image: Any, mode: str = "decode") -> str | None:

@@ -232,7 +232,8 @@ def load_model_checkpoint(model, folder: str | Path) -> bool:
 
 
 class _AlignGPTTrainerMixin:
-    """What both trainers add: keep the collator's columns; resume with every weight restored."""
+    """What both trainers add: keep the collator's columns; resume, and load the best checkpoint at the end, with
+    every weight restored."""
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -242,6 +243,13 @@ class _AlignGPTTrainerMixin:
         target = self.model if model is None else model
         if _is_peft(target) or not load_model_checkpoint(target, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+
+    def _load_best_model(self):
+        # `load_best_model_at_end` reads the best checkpoint with the same non-strict load as resuming
+        # (transformers#43701): on 4.57 the run would end with its start weights, not its best ones
+        deepspeed = getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+        if deepspeed or _is_peft(self.model) or not load_model_checkpoint(self.model, self.state.best_model_checkpoint):
+            super()._load_best_model()
 
 
 def _trainer_classes():
