@@ -11,9 +11,16 @@ import sys
 
 import pytest
 import torch
-from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
-from trl_tiny import NUM_LEVELS, llava_records, tiny_processor, trl_dataset, write_llava_json, write_pictures
+from trl_tiny import (
+    GradientNames,
+    llava_records,
+    tiny_model,
+    tiny_processor,
+    trl_dataset,
+    write_llava_json,
+    write_pictures,
+)
 
 from aligngpt_plugin.integrations.hf.training import AlignSFTArguments, build_trainer
 from aligngpt_plugin.sft import load_model
@@ -28,43 +35,14 @@ PROJECTOR = "model.multi_modal_projector"
 def write_folder(folder):
     """The tiny HF-native AlignGPT of trl_tiny with a 64-wide LLM: bitsandbytes' CPU kernel (used in eval) packs
     4-bit weights in blocks of 64 input features, so trl_tiny's 32-wide LLM cannot run in 4 bits."""
-    from transformers import CLIPVisionConfig, LlamaConfig
-
-    from aligngpt_plugin.integrations.hf.configuration_aligngpt import AlignGPTLlavaConfig
-    from aligngpt_plugin.integrations.hf.modeling_aligngpt import AlignGPTLlavaForConditionalGeneration
-
     processor = tiny_processor()
-    tok = processor.tokenizer
-    torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=28, patch_size=14, projection_dim=32)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tok), bos_token_id=1, eos_token_id=2,
-                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    config = AlignGPTLlavaConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=processor.image_token_id,
-        image_seq_length=4, alignment_token_id=processor.alignment_token_id, pad_token_id=tok.pad_token_id,
-        alignment={"num_levels": NUM_LEVELS, "gate_tokens": 4, "gate_hidden_size": 8}, tie_word_embeddings=False)
-    model = AlignGPTLlavaForConditionalGeneration(config)
-    with torch.no_grad():  # levels far apart, so a misplaced or moved vector shows
-        model.alignment.level_embeddings.normal_(std=1.0)
-    model.save_pretrained(folder)
+    tiny_model(processor, text_hidden=64).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
 
 def model_args(folder, bits: int = 4) -> ModelConfig:
     return ModelConfig(model_name_or_path=str(folder), use_peft=True, load_in_4bit=bits == 4, load_in_8bit=bits == 8)
-
-
-class GradientNames(TrainerCallback):
-    """The names of the parameters holding a non-zero gradient when the optimizer steps (every step)."""
-
-    def __init__(self):
-        self.names: set[str] = set()
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.names |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 def frozen_state(model) -> dict[str, torch.Tensor]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 from trl import SFTConfig
-from trl_tiny import tiny_model, tiny_processor, trl_dataset
+from trl_tiny import GradientNames, tiny_model, tiny_processor, trl_dataset
 
 from aligngpt_plugin.integrations.hf.training import AlignSFTArguments, build_trainer
 
@@ -18,16 +18,6 @@ TRAINS = {
     1: lambda n: n.startswith(PROJECTOR) or n == "model.alignment.level_embeddings",
     2: lambda n: n.startswith((PROJECTOR, "model.language_model.", "lm_head.", "model.alignment.gate.")),
 }
-
-
-class GradientNames(TrainerCallback):
-    """The names of the parameters holding a gradient when the optimizer steps (every step)."""
-
-    def __init__(self):
-        self.names: set[str] = set()
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.names |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
 @pytest.fixture(scope="module")

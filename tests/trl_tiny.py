@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 NUM_LEVELS = 4
 
@@ -30,8 +31,8 @@ def tiny_processor():
                                   num_additional_image_tokens=1)
 
 
-def tiny_model(processor, seed: int = 0, num_levels: int = NUM_LEVELS):
-    """A random AlignGPT model matching `processor` (vocabulary 32003, hidden 32, 2 layers)."""
+def tiny_model(processor, seed: int = 0, num_levels: int = NUM_LEVELS, text_hidden: int = 32):
+    """A random AlignGPT model matching `processor` (vocabulary 32003, LLM hidden `text_hidden`, 2 layers)."""
     from transformers import CLIPVisionConfig, LlamaConfig
 
     from aligngpt_plugin.integrations.hf.configuration_aligngpt import AlignGPTLlavaConfig
@@ -41,9 +42,9 @@ def tiny_model(processor, seed: int = 0, num_levels: int = NUM_LEVELS):
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=28, patch_size=14, projection_dim=32)
-    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=len(tok), bos_token_id=1, eos_token_id=2,
-                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    text = LlamaConfig(hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok), bos_token_id=1,
+                       eos_token_id=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     config = AlignGPTLlavaConfig(
         vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=processor.image_token_id,
         image_seq_length=4, alignment_token_id=processor.alignment_token_id, pad_token_id=tok.pad_token_id,
@@ -109,3 +110,13 @@ def trl_dataset(tmp_path: Path, count: int = 6, text_only: int = 1):
     names = write_pictures(tmp_path / "images", count)
     path = write_llava_json(tmp_path / "data.json", llava_records(names, text_only))
     return llava_json_to_trl(path, tmp_path / "images"), tmp_path / "images"
+
+
+class GradientNames(TrainerCallback):
+    """The names of the parameters holding a non-zero gradient when the optimizer steps (every step)."""
+
+    def __init__(self):
+        self.names: set[str] = set()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.names |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}

@@ -340,13 +340,13 @@ def route_section(summary: dict) -> list[str]:
         "AlignGPT trained a second time per seed through TRL's SFTTrainer on the HF-native model (`aligngpt-sft`, "
         "stage 1 on the levelled captions, stage 2 on the instruction data with each answer a prompt/completion "
         "row), from the same start weights (`build-hf`, then `seed<k>/start.bin`) with the same steps, learning "
-        f"rates, schedule and batch targets (stage 2: {3 * s['batch_size']} rows a step, 3 answers a picture); "
+        f"rates, schedule and batch targets (stage 2: {len(QUESTIONS) * s['batch_size']} rows a step, {len(QUESTIONS)} "
+        "answers a picture); "
         "converted back with `hf_to_llava` and answered by the same `model_vqa_loader`. What differs by "
         "construction: the data order (TRL's sampler), 3 more vocabulary rows that are never targets, and "
         "stage 2's mixing of pictures within a step. If the routes train the same model, their accuracies differ "
-        "only as two seeds of one route do, and the paired tests find no difference.",
-        "",
-        *route_findings(summary),
+        "only as two seeds of one route do, and the paired tests find no difference (findings: top of this "
+        "report).",
         "",
         *seeds_table(routes),
         "",

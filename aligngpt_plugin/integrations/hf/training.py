@@ -247,8 +247,8 @@ class _AlignGPTTrainerMixin:
     def _load_best_model(self):
         # `load_best_model_at_end` reads the best checkpoint with the same non-strict load as resuming
         # (transformers#43701): on 4.57 the run would end with its start weights, not its best ones
-        deepspeed = getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
-        if deepspeed or _is_peft(self.model) or not load_model_checkpoint(self.model, self.state.best_model_checkpoint):
+        sharded = getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+        if sharded or _is_peft(self.model) or not load_model_checkpoint(self.model, self.state.best_model_checkpoint):
             super()._load_best_model()
 
 
