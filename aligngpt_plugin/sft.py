@@ -172,16 +172,20 @@ def run(script_args, training_args, model_args, align_args) -> int:
                             peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     out = Path(training_args.output_dir)
-    merge = model_args.use_peft and align_args.align_merge_lora and not (model_args.load_in_4bit
-                                                                          or model_args.load_in_8bit)
+    merge = model_args.use_peft and align_args.align_merge_lora
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if merge and plugin is not None and plugin.zero_stage == 3:
-        # each rank holds a partition of the base weights: save the adapter; merge it in one process after
+    unmerged = None  # why the adapter is saved as it is, said to the user so the folder's contents are no surprise
+    if merge and (model_args.load_in_4bit or model_args.load_in_8bit):
+        unmerged = ("a 4/8-bit base cannot take the LoRA exactly: the adapter (with the projector and the alignment "
+                    "module in full) is saved unmerged; merge it into the full-precision base")
+    elif merge and plugin is not None and plugin.zero_stage == 3:
+        unmerged = ("ZeRO-3 holds partitioned weights: the LoRA adapter (with the projector and the alignment "
+                    "module) is saved unmerged; merge it in one process")
+    if unmerged:
         merge = False
         if trainer.accelerator.is_main_process:
-            print("aligngpt-sft: ZeRO-3 holds partitioned weights: the LoRA adapter (with the projector and the "
-                  "alignment module) is saved unmerged; merge it in one process with peft's PeftModel.from_pretrained"
-                  "(base, output_dir).merge_and_unload().save_pretrained(...)")
+            print(f"aligngpt-sft: {unmerged} with peft's PeftModel.from_pretrained(base, output_dir)"
+                  ".merge_and_unload().save_pretrained(...)")
     if merge:
         if trainer.accelerator.is_main_process:
             merged_for_saving(trainer.model).save_pretrained(out)

@@ -216,6 +216,7 @@ def test_aligngpt_sft_qlora_as_typed_exits_0_and_saves_the_adapter_with_the_full
              "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stage 2 done, 2 steps" in proc.stdout
+    assert "a 4/8-bit base cannot take the LoRA exactly" in proc.stdout  # told why the folder holds an adapter
     saved = load_file(out / "adapter_model.safetensors")
     assert any("language_model" in k and "lora_A" in k for k in saved)
     # the projector and the alignment module (gate and levels) in full, in fp32
