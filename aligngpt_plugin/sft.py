@@ -157,7 +157,7 @@ def run(script_args, training_args, model_args, align_args) -> int:
     from trl import get_peft_config
 
     from aligngpt_plugin.integrations.hf.data import load_sft_dataset
-    from aligngpt_plugin.integrations.hf.training import build_trainer, merged_for_saving
+    from aligngpt_plugin.integrations.hf.training import build_trainer, group_turns_problem, merged_for_saving
 
     folder = check_model_folder(model_args.model_name_or_path)
     if not script_args.dataset_name:
@@ -167,6 +167,8 @@ def run(script_args, training_args, model_args, align_args) -> int:
         raise InputError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for stage 1")
     dataset = load_sft_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
                                image_folder=align_args.image_folder)
+    if align_args.align_group_turns and (problem := group_turns_problem(dataset)):
+        raise InputError(problem)
     model, processor = load_model(folder, model_args)
     trainer = build_trainer(model, processor, dataset, training_args, align_args, trainer=align_args.align_trainer,
                             peft_config=get_peft_config(model_args))

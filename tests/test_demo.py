@@ -196,9 +196,12 @@ def test_quick_demo_trains_both_models_for_every_seed_and_reports(tmp_path):
         assert set(summary["routes"]["paired"]["colour"]["per_seed"]) == set(seeds)
         assert json.loads((out / f"seed{seed}" / "aligngpt-trl" / "finetune" / "config.json").read_text())[
             "model_type"] == "llava_aligngpt"
-    trl_run = summary["runs"]["0"]["aligngpt-trl"]
-    assert len(trl_run["pretrain_loss"]) == len(summary["runs"]["0"]["aligngpt"]["pretrain_loss"])  # same steps
-    assert len(trl_run["finetune_loss"]) == len(summary["runs"]["0"]["aligngpt"]["finetune_loss"])
+    # same steps on the same pictures (stage 2: --align_group_turns against the LLaVA-code route's seeded sampler):
+    # the logged losses agree (measured 4e-4 apart at most; each answer's rows shuffled one by one: 0.5 apart)
+    for seed in seeds:
+        for stage in ("pretrain_loss", "finetune_loss"):
+            ours, theirs = (summary["runs"][seed][m][stage] for m in ("aligngpt-trl", "aligngpt"))
+            assert len(ours) == len(theirs) and ours == pytest.approx(theirs, abs=2e-3), (seed, stage)
 
     report = (out / "report.md").read_text()
     assert "## 8. The same AlignGPT through TRL" in report and "| colour | AlignGPT (TRL) |" in report

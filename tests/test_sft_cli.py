@@ -38,7 +38,7 @@ def test_help_lists_trls_flags_and_the_plugins(capsys):
     assert out.startswith("usage: aligngpt-sft")
     for flag in ("--learning_rate", "--max_length", "--completion_only_loss", "--resume_from_checkpoint",
                  "--use_peft", "--lora_r", "--load_in_4bit", "--model_name_or_path", "--dataset_name",
-                 "--align_stage", "--align_bad_records", "--align_trainer", "--image_folder"):
+                 "--align_stage", "--align_bad_records", "--align_trainer", "--image_folder", "--align_group_turns"):
         assert flag in out, flag
 
 
@@ -74,6 +74,10 @@ def bad_cases(model, root, tmp_path):
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps({"model_type": "llava"}))
     data = ["--dataset_name", str(root / "data.json"), "--image_folder", str(root / "images")]
+    from aligngpt_plugin.integrations.hf.data import load_sft_dataset
+
+    load_sft_dataset(str(root / "data.json"), image_folder=str(root / "images")).remove_columns("id").save_to_disk(
+        str(tmp_path / "no_ids"))
     return {
         "missing dataset": (["--model_name_or_path", str(model), "--dataset_name", str(tmp_path / "nope.json"),
                              "--image_folder", str(root / "images")], "nope.json: no such dataset"),
@@ -86,6 +90,8 @@ def bad_cases(model, root, tmp_path):
         "lora in stage 1": (["--model_name_or_path", str(model), *data, "--use_peft", "--align_stage", "1"],
                             "drop --use_peft"),
         "4-bit without LoRA": (["--model_name_or_path", str(model), *data, "--load_in_4bit"], "add --use_peft"),
+        "turns without ids": (["--model_name_or_path", str(model), "--dataset_name", str(tmp_path / "no_ids"),
+                               "--align_group_turns"], "--align_group_turns needs the dataset's `id` column"),
     }
 
 

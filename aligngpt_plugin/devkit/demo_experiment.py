@@ -30,6 +30,10 @@ TRL_MODEL = "aligngpt-trl"  # AlignGPT through TRL (--trl: devkit/demo_trl.py, w
 # LLaVA's builder loads a checkpoint as LLaVA only when its folder name contains "llava"; AlignGPT's is
 # recognised by its config, whatever the folder is called.
 FINETUNE_DIRS = {"aligngpt": "aligngpt-shapes-finetune", "llava": "llava-shapes-finetune"}
+# Stage 2 without LLaVA-1.5's modality grouping: every demo record has a picture, so grouping would only sort
+# each step's 4 records by length, but its sampler draws from the unseeded global generator; the seeded
+# sampler's order is one the TRL route (--align_group_turns) reproduces step for step
+UNGROUPED = ("--group_by_modality_length", "False")
 
 
 @dataclass
@@ -283,7 +287,7 @@ def train_and_test(seed: int, model: str, ctx: dict) -> dict:
         cpu.append(run_module("aligngpt_plugin.train", pipeline.finetune_args(
             fx, pre_dir / "mm_projector.bin", ft_dir, pipeline.StageSettings(
                 epochs=s.finetune_epochs, batch_size=s.batch_size, learning_rate=s.finetune_lr, save_steps=10**6,
-                logging_steps=5, seed=seed), extra=(*flags, *fast)),
+                logging_steps=5, seed=seed), extra=(*flags, *fast, *UNGROUPED)),
             logs / f"{model}_finetune.log", "steps", progress, env))
     r["finetune_loss"] = pipeline.logged_losses(ft_dir)
     answers = base / "eval" / f"{model}_answers.jsonl"

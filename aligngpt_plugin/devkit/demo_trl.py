@@ -14,12 +14,15 @@ Per training seed, beside `seed<k>/aligngpt/` (LLaVA's code) the route writes `s
 4. `llava/`: the stage-2 model back in LLaVA's layout (`hf_to_llava`), answered by LLaVA's `model_vqa_loader` as
    the other two models, with its gate dump.
 
-What differs from the LLaVA-code route, by construction: the vocabulary has 3 more rows (`<image>`, `<pad>`,
-`<align>`, mean rows, never targets), the data order (TRL's sampler; stage 2 mixes answers of different pictures
-in a step where LLaVA takes a picture's three together), and the HF processor's centre crop instead of LLaVA's
-pad-to-square (the demo's pictures are square, so the pixels are the same). Step counts, learning rates, warm-up,
-schedule, batch targets and the start weights are the same. tests/test_trl_equivalence.py shows the two paths
-give the same loss per step when the data order is the same.
+The data order is the same: stage 1's rows are the captions, drawn by the same seeded sampler; in stage 2
+`--align_group_turns` keeps a picture's three answer rows together and draws the pictures in the order the
+LLaVA-code route's seeded sampler draws its records (that route trains stage 2 without
+`--group_by_modality_length`: demo_experiment.UNGROUPED), so each step trains the same 4 pictures on both routes.
+What differs by construction: the vocabulary has 3 more rows (`<image>`, `<pad>`, `<align>`, mean rows, never
+targets), and the HF processor's centre crop instead of LLaVA's pad-to-square (the demo's pictures are square,
+so the pixels are the same). Step counts, learning rates, warm-up, schedule, batch targets and the start weights
+are the same. tests/test_trl_equivalence.py shows the two paths give the same loss per step for the same data,
+multi-turn records shuffled over several steps included.
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def train_and_test_trl(seed: int, ctx: dict) -> dict:
     with stage(f"{tag}: stage 2", "aligngpt-sft --align_stage 2 (LLM + projector + gate), one row per answer") as cpu:
         cpu.append(run_module("aligngpt_plugin.sft", sft_args(
             pre, ctx["trl_finetune"], ft, ctx["templates"]["v1"], 2, s.batch_size * answers_per_picture,
-            s.finetune_lr, s.finetune_epochs, s.finetune_pictures * answers_per_picture, seed, 5),
+            s.finetune_lr, s.finetune_epochs, s.finetune_pictures * answers_per_picture, seed, 5)
+            + ["--align_group_turns"],
             logs / f"{TRL_MODEL}_finetune.log", "steps", progress, env))
     converted = root / "aligngpt-trl-shapes-finetune-original"
     if not (converted / "config.json").is_file():

@@ -17,6 +17,9 @@
   (`AlignGPTVisionCollator`) and trainable set. Both keep the `align_level` column: TRL keeps only the
   columns its collator reads (`messages`, `prompt`, `completion`, `image`, `images`) and the plain Trainer
   only the model's forward arguments, so each is told the dataset columns the collator needs.
+- `RecordTurnsSampler` (`--align_group_turns`): shuffles records rather than rows, so the rows `per_turn_records`
+  makes of one conversation train in the same step, in the order LLaVA's own (seeded, ungrouped) sampler draws
+  the records.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from aligngpt_plugin.integrations.hf.data import STAGE_NAMES, check_records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlignSFTArguments", "build_trainer", "prepare_peft_config", "set_stage_trainable"]
+__all__ = ["AlignSFTArguments", "RecordTurnsSampler", "build_trainer", "prepare_peft_config",
+           "set_stage_trainable"]
 
 # LoRA goes on the LLM's linear layers only: the projector and the alignment module train in full
 # (modules_to_save), the vision tower stays frozen
@@ -70,6 +74,12 @@ class AlignSFTArguments:
     image_folder: str | None = field(default=None, metadata={
         "help": "the folder a LLaVA JSON dataset's image paths are relative to (not needed for a datasets folder "
                 "or Parquet file, whose `images` hold paths or bytes)"})
+    align_group_turns: bool = field(default=False, metadata={
+        "help": "shuffle records, not rows: the rows per_turn_records makes of one conversation (ids <id>#<k>) stay "
+                "together and in order, and the records come in the order LLaVA's trainer draws them (a random "
+                "permutation seeded with --data_seed or --seed, plus the epoch; its --group_by_modality_length off). "
+                "With k answers in every record and --per_device_train_batch_size k x b, each step trains the b "
+                "records of LLaVA's step"})
     align_merge_lora: bool = field(default=True, metadata={
         "help": "with --use_peft: save the LoRA merged into the model (a folder from_pretrained loads as it is); "
                 "--no_align_merge_lora saves the adapter (with the projector and alignment module) instead"})
@@ -231,6 +241,51 @@ def load_model_checkpoint(model, folder: str | Path) -> bool:
     return True
 
 
+def group_turns_problem(dataset) -> str | None:
+    """Why `--align_group_turns` cannot order this dataset (None if it can)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or "id" not in columns:
+        return ("--align_group_turns needs the dataset's `id` column (per_turn_records writes <id>#<k> for the k-th "
+                f"answer of record <id>); this dataset has the columns {columns}")
+    return None
+
+
+class RecordTurnsSampler(torch.utils.data.Sampler):
+    """Rows in record order: a random permutation of the records, each record's rows together and in their order.
+
+    The permutation is the one a seeded `RandomSampler` gives over the records (accelerate's `SeedableRandomSampler`,
+    which the trainer puts in place of transformers' `RandomSampler`): `torch.randperm(n_records)` from a generator
+    seeded with `seed + epoch`. So prompt/completion rows made by `per_turn_records` from LLaVA records are drawn in
+    the order LLaVA's trainer (without `--group_by_modality_length`) draws the records themselves.
+
+    Args:
+        ids: the dataset's `id` column, one per row; rows `<id>#<k>` belong to record `<id>`, any other id is a
+            record of its own row. A record's rows need not be adjacent; they keep their dataset order.
+        seed: the trainer's `data_seed`, else its `seed`.
+    """
+
+    def __init__(self, ids: list, seed: int) -> None:
+        records: dict[str, list[int]] = {}
+        for row, rid in enumerate(ids):
+            key = str(rid).rsplit("#", 1)[0] if rid is not None and "#" in str(rid) else f"{rid}\x00{row}"
+            records.setdefault(key, []).append(row)
+        self.records = list(records.values())
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The trainer's epoch (it calls this at each epoch's start): the next permutation."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        for record in torch.randperm(len(self.records), generator=generator).tolist():
+            yield from self.records[record]
+
+
 class _AlignGPTTrainerMixin:
     """What both trainers add: keep the collator's columns; resume, and load the best checkpoint at the end, with
     every weight restored."""
@@ -238,6 +293,16 @@ class _AlignGPTTrainerMixin:
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             _keep_columns(self)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not getattr(self, "align_group_turns", False):
+            return super()._get_train_sampler(train_dataset)
+        # the trainer's own dataset: 5.x hands in a copy whose unused columns (`id`) are already removed
+        dataset = self.train_dataset
+        if problem := group_turns_problem(dataset):
+            raise ValueError(problem)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return RecordTurnsSampler(dataset["id"], seed)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         target = self.model if model is None else model
@@ -301,6 +366,8 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
             raise ValueError("stage 1 trains no LLM weight, so LoRA has nothing to adapt: drop --use_peft for "
                              "stage 1")
         peft_config = prepare_peft_config(peft_config)
+    if align_args.align_group_turns and (problem := group_turns_problem(train_dataset)):
+        raise ValueError(problem)
     if peft_config is None and _is_quantized(model):
         raise ValueError("a 4/8-bit model trains through LoRA only: pass a peft_config (--use_peft)")
     if peft_config is None:
@@ -337,6 +404,7 @@ def build_trainer(model, processor, train_dataset, args, align_args: AlignSFTArg
     else:
         counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     built.align_skipped = skipped
+    built.align_group_turns = align_args.align_group_turns
     logger.info("AlignGPT stage %d: trainable parameters %s; %d record(s) skipped", stage, counts, skipped)
     return built
 
