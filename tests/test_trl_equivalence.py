@@ -140,33 +140,42 @@ def instructions(tiny, tmp_path_factory) -> dict[str, Path]:
     return {"json": root / "records.json", "trl": root / "trl"}
 
 
-@pytest.fixture(scope="module")
-def llava_stage2(start, tiny, instructions, tmp_path_factory) -> dict:
-    """The LLaVA-original stage 2 (pipeline.finetune_args: LLaVA-1.5's finetune.sh, scaled down), with CLIP's
-    own centre crop instead of `--image_aspect_ratio pad` (the HF processor does not pad to a square) and no
-    modality grouping (one step holds every record)."""
-    root = tmp_path_factory.mktemp("trl_eq_llava2")
-    settings = pipeline.StageSettings(max_steps=STEPS, batch_size=BATCH, learning_rate=1e-4, seed=SEED,
+def llava_stage2_run(start, tiny, data: Path, root: Path, batch: int) -> dict:
+    """The LLaVA-original stage 2 (pipeline.finetune_args: LLaVA-1.5's finetune.sh, scaled down) on a LLaVA JSON,
+    with CLIP's own centre crop instead of `--image_aspect_ratio pad` (the HF processor does not pad to a square)
+    and no modality grouping (its sampler draws from the unseeded global generator; the plain one is seeded)."""
+    settings = pipeline.StageSettings(max_steps=STEPS, batch_size=batch, learning_rate=1e-4, seed=SEED,
                                       save_steps=1000)
     args = pipeline.finetune_args(tiny, start.adapter, root / "out", settings, extra=("--align_levels", "8"),
                                   llm=start.llm)
-    for flag, value in (("--data_path", str(instructions["json"])), ("--image_aspect_ratio", "square"),
+    for flag, value in (("--data_path", str(data)), ("--image_aspect_ratio", "square"),
                         ("--group_by_modality_length", "False")):
         args[args.index(flag) + 1] = value
     run_bounded([sys.executable, "-m", "aligngpt_plugin.train", *args], TIMEOUT, environment(root / "dump"))
     return rank_dumps(root / "dump", 1)[0]
 
 
-def test_stage2_losses_per_step_equal_the_llava_original_path(start, tiny, instructions, llava_stage2, tmp_path):
-    (tmp_path / "v1.jinja").write_text(V1_TEMPLATE)
+def trl_stage2_run(start, data: Path, root: Path, batch: int, *extra: str) -> dict:
+    """`aligngpt-sft --align_stage 2` with LLaVA's v1 template, the same schedule as `llava_stage2_run`."""
+    (root / "v1.jinja").write_text(V1_TEMPLATE)
     run_bounded([sys.executable, "-m", "aligngpt_plugin.sft", "--model_name_or_path", str(start.hf),
-                 "--dataset_name", str(instructions["trl"]), "--align_stage", "2",
-                 "--chat_template_path", str(tmp_path / "v1.jinja"), "--output_dir", str(tmp_path / "out"),
-                 "--max_steps", str(STEPS), "--per_device_train_batch_size", str(BATCH), "--learning_rate", "1e-4",
+                 "--dataset_name", str(data), "--align_stage", "2", *extra,
+                 "--chat_template_path", str(root / "v1.jinja"), "--output_dir", str(root / "out"),
+                 "--max_steps", str(STEPS), "--per_device_train_batch_size", str(batch), "--learning_rate", "1e-4",
                  "--weight_decay", "0.", "--warmup_steps", "1", "--lr_scheduler_type", "cosine",
                  "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-                 "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(tmp_path / "dump"))
-    ours, theirs = rank_dumps(tmp_path / "dump", 1)[0], llava_stage2
+                 "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(root / "dump"))
+    return rank_dumps(root / "dump", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def llava_stage2(start, tiny, instructions, tmp_path_factory) -> dict:
+    """LLaVA's stage 2 on the 4 single-turn records, one step holding every record."""
+    return llava_stage2_run(start, tiny, instructions["json"], tmp_path_factory.mktemp("trl_eq_llava2"), BATCH)
+
+
+def test_stage2_losses_per_step_equal_the_llava_original_path(start, tiny, instructions, llava_stage2, tmp_path):
+    ours, theirs = trl_stage2_run(start, instructions["trl"], tmp_path, BATCH), llava_stage2
     assert len(ours["info"]["step_losses"]) == len(theirs["info"]["step_losses"]) == STEPS
     # 2e-5, as stage 1 (~16 fp32 steps at a loss near 10; measured 1e-6 and, with other start weights, 5.7e-6): the
     # prompt's space piece before "\n" missing moves them by 3.4e-5
@@ -295,23 +304,8 @@ def test_multi_turn_shuffled_steps_equal_the_llava_original_path(start, tiny, mu
     Tolerance 1e-4: measured 1.8e-6, 1.9e-6 and 2.4e-5 at steps 1-3 (longer sequences than the single-turn test's,
     the same fp32 sums in another order). Planted: without `--align_group_turns` (rows shuffled one by one) the
     steps differ by 9e-3 to 1.8e-2; with the records' permutation seeded by seed + 1, by 2e-2 to 4.4e-2."""
-    root = tmp_path / "llava"
-    settings = pipeline.StageSettings(max_steps=STEPS, batch_size=2, learning_rate=1e-4, seed=SEED,
-                                      save_steps=1000)
-    args = pipeline.finetune_args(tiny, start.adapter, root / "out", settings, extra=("--align_levels", "8"),
-                                  llm=start.llm)
-    for flag, value in (("--data_path", str(multi_turn["json"])), ("--image_aspect_ratio", "square"),
-                        ("--group_by_modality_length", "False")):
-        args[args.index(flag) + 1] = value
-    run_bounded([sys.executable, "-m", "aligngpt_plugin.train", *args], TIMEOUT, environment(root / "dump"))
-    (tmp_path / "v1.jinja").write_text(V1_TEMPLATE)
-    run_bounded([sys.executable, "-m", "aligngpt_plugin.sft", "--model_name_or_path", str(start.hf),
-                 "--dataset_name", str(multi_turn["rows"]), "--align_stage", "2", "--align_group_turns",
-                 "--chat_template_path", str(tmp_path / "v1.jinja"), "--output_dir", str(tmp_path / "out"),
-                 "--max_steps", str(STEPS), "--per_device_train_batch_size", "4", "--learning_rate", "1e-4",
-                 "--weight_decay", "0.", "--warmup_steps", "1", "--lr_scheduler_type", "cosine",
-                 "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-                 "--dataloader_num_workers", "0", "--seed", str(SEED)], TIMEOUT, environment(tmp_path / "dump"))
-    ours, theirs = rank_dumps(tmp_path / "dump", 1)[0], rank_dumps(root / "dump", 1)[0]
+    (tmp_path / "llava").mkdir()
+    theirs = llava_stage2_run(start, tiny, multi_turn["json"], tmp_path / "llava", 2)
+    ours = trl_stage2_run(start, multi_turn["rows"], tmp_path, 4, "--align_group_turns")
     assert len(ours["info"]["step_losses"]) == len(theirs["info"]["step_losses"]) == STEPS
     assert ours["info"]["step_losses"] == pytest.approx(theirs["info"]["step_losses"], abs=1e-4)
