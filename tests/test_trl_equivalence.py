@@ -143,7 +143,7 @@ def instructions(tiny, tmp_path_factory) -> dict[str, Path]:
 def llava_stage2_run(start, tiny, data: Path, root: Path, batch: int) -> dict:
     """The LLaVA-original stage 2 (pipeline.finetune_args: LLaVA-1.5's finetune.sh, scaled down) on a LLaVA JSON,
     with CLIP's own centre crop instead of `--image_aspect_ratio pad` (the HF processor does not pad to a square)
-    and no modality grouping (its sampler draws from the unseeded global generator; the plain one is seeded)."""
+    and no modality grouping (its sampler draws from torch's global generator; the plain one from its own, seeded)."""
     settings = pipeline.StageSettings(max_steps=STEPS, batch_size=batch, learning_rate=1e-4, seed=SEED,
                                       save_steps=1000)
     args = pipeline.finetune_args(tiny, start.adapter, root / "out", settings, extra=("--align_levels", "8"),

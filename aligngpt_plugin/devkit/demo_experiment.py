@@ -31,8 +31,8 @@ TRL_MODEL = "aligngpt-trl"  # AlignGPT through TRL (--trl: devkit/demo_trl.py, w
 # recognised by its config, whatever the folder is called.
 FINETUNE_DIRS = {"aligngpt": "aligngpt-shapes-finetune", "llava": "llava-shapes-finetune"}
 # Stage 2 without LLaVA-1.5's modality grouping: every demo record has a picture, so grouping would only sort
-# each step's 4 records by length, but its sampler draws from the unseeded global generator; the seeded
-# sampler's order is one the TRL route (--align_group_turns) reproduces step for step
+# each step's 4 records by length, but its sampler draws from torch's global generator (its state depends on
+# all drawn before); the seeded sampler's order is one the TRL route (--align_group_turns) repeats step for step
 UNGROUPED = ("--group_by_modality_length", "False")
 
 
