@@ -297,12 +297,10 @@ class _AlignGPTTrainerMixin:
     def _get_train_sampler(self, train_dataset=None):
         if not getattr(self, "align_group_turns", False):
             return super()._get_train_sampler(train_dataset)
-        # the trainer's own dataset: 5.x hands in a copy whose unused columns (`id`) are already removed
-        dataset = self.train_dataset
-        if problem := group_turns_problem(dataset):
-            raise ValueError(problem)
+        # the trainer's own dataset (build_trainer checked its `id` column): 5.x hands in a copy whose unused
+        # columns, `id` among them, are already removed
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return RecordTurnsSampler(dataset["id"], seed)
+        return RecordTurnsSampler(self.train_dataset["id"], seed)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         target = self.model if model is None else model
